@@ -1,0 +1,43 @@
+# keycard — two commands on a fresh machine with Python 3.11, make and git:
+#   make run    install into .venv and show the engine on the built-in demo organization
+#   make test   install, then lint, type-check and run every test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+UV := $(VENV)/bin/uv
+STAMP := $(VENV)/.installed-$(shell cat uv.lock pyproject.toml | cksum | cut -d' ' -f1)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: install run demo test lint typecheck bench bench-quick clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml uv.lock
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check "uv==0.13.9"
+	@$(UV) sync --frozen --inexact --all-groups -q
+	@rm -f $(VENV)/.installed-* && touch $@
+
+run: install
+	@$(VENV)/bin/keycard demo
+
+demo: run
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(VENV)/bin/pytest
+
+bench: install
+	$(VENV)/bin/python bench/run.py --scales small,medium,large --out docs/benchmarks.md
+
+bench-quick: install
+	$(VENV)/bin/python bench/run.py --quick --out /tmp/keycard-bench-quick.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

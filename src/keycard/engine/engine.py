@@ -1,0 +1,701 @@
+"""The Engine: Google Cloud IAM's decision, pure and in memory.
+
+Decision policy (Google Cloud IAM):
+1. Deny first. Every deny rule attached to the resource or an ancestor is
+   tried; a rule denies when the principal is listed (directly, via a group,
+   or ``principalSet://goog/public:all``), is not an exception, the permission
+   is listed (exactly or by a permission group) and not excepted, and its
+   denialCondition — if any — is true. A denialCondition that errors denies
+   (fail closed) and the Decision records the error.
+2. Then allow: the union of every binding on the resource and all its
+   ancestors. A binding grants when its role is defined, not DISABLED, not
+   deleted, usable where it is bound (custom roles only inside the
+   project/organization that defines them), contains the permission, one of its
+   members matches the principal (itself, a group it belongs to transitively,
+   ``domain:`` of a user, ``allAuthenticatedUsers`` for any authenticated
+   principal, ``allUsers`` for everyone), and its condition — if any — is true.
+   A condition that errors grants nothing and the Decision records why.
+3. Otherwise: denied.
+
+The engine reads no clock or file on its own: ``time`` is passed per check or
+taken from the injected ``clock``; ``Engine.load`` reads a path only when given one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from keycard import names
+from keycard.engine.assets import read_assets
+from keycard.engine.conditions import CompiledCondition, ConditionContext, ConditionError
+from keycard.engine.explain import (
+    BindingExplanation,
+    ConditionResult,
+    Decision,
+    DenyReason,
+    DenyRuleExplanation,
+    Explanation,
+    NodeExplanation,
+)
+from keycard.engine.hierarchy import Grant, Hierarchy, Node, permission_covered, permission_parts
+from keycard.engine.members import ANONYMOUS, GroupGraph, Identity
+from keycard.engine.model import (
+    AllowPolicy,
+    DenyPolicy,
+    DenyRule,
+    Role,
+    parse_allow_policy,
+    parse_deny_policy,
+    parse_role,
+)
+from keycard.engine.roles import RoleCatalog
+from keycard.errors import InvalidArgument, NotFound
+
+__all__ = ["Access", "Engine"]
+
+Clock = Callable[[], dt.datetime]
+_UTC = dt.UTC
+
+
+def _system_clock() -> dt.datetime:
+    return dt.datetime.now(_UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """One way a principal holds a permission (who-has / what-can answers)."""
+
+    principal: str                 # member key (user:…, group:…, domain:…, allUsers …)
+    permission: str
+    resource: str                  # node whose policy grants it
+    role: str
+    binding_index: int
+    conditional: bool              # the grant depends on an IAM Condition
+    via: tuple[str, ...] = ()      # groups through which the principal holds it
+
+
+class Engine:
+    """Policies, roles, groups and hierarchy in memory; answers checks in microseconds."""
+
+    def __init__(self, *, catalog: Iterable[Mapping[str, Any]] | str | os.PathLike[str] | None = None,
+                 builtin_roles: bool = True, clock: Clock | None = None) -> None:
+        self._roles = RoleCatalog()
+        self._h = Hierarchy(self._roles)
+        self._groups = GroupGraph()
+        self._deny: dict[str, dict[str, DenyPolicy]] = {}     # attachment node name → policy name → policy
+        self._clock = clock or _system_clock
+        self._virtual: dict[str, tuple[int, Node | None, tuple[Node, ...]]] = {}
+        self.revision = 0
+        if builtin_roles:
+            from keycard.catalog import builtin_roles as _builtin
+            self._roles.put_many(parse_role(r, f"catalog[{r.get('name')}]") for r in _builtin())
+        if catalog is not None:
+            self.load_catalog(catalog)
+
+    # ====================================================================================== loading
+    @classmethod
+    def load(cls, assets: str | os.PathLike[str] | Iterable[Mapping[str, Any]], *,
+             groups: Mapping[str, Sequence[str]] | None = None,
+             roles: Iterable[Mapping[str, Any]] | None = None,
+             deny_policies: Iterable[Mapping[str, Any]] | None = None,
+             catalog: Iterable[Mapping[str, Any]] | str | os.PathLike[str] | None = None,
+             unknown_roles: Literal["error", "ignore"] = "error",
+             clock: Clock | None = None) -> Engine:
+        """Build an engine from a Cloud Asset Inventory export.
+
+        ``assets``: a path to newline-delimited JSON (as ``gcloud asset export`` writes) or an
+        iterable of its records. ``groups``: ``{group email: [member, …]}``. ``roles``: custom roles
+        in IAM v1 JSON. ``deny_policies``: ``[{"attachmentPoint": "cloudresourcemanager.googleapis.com/
+        projects/…", "policy": {IAM v2 Policy}}]``. ``catalog``: extra predefined roles in gcloud's
+        role JSON (a list, or a path to a JSON array), e.g. Google's full catalog.
+        ``unknown_roles="ignore"`` accepts bindings of roles no catalog defines (they grant nothing).
+        """
+        eng = cls(catalog=catalog, clock=clock)
+        if roles is not None:
+            for i, r in enumerate(roles):
+                eng._roles.put(parse_role(r, f"roles[{i}]"))
+        records: Iterable[object]
+        if isinstance(assets, str | os.PathLike):
+            records = _read_ndjson(assets)
+        else:
+            records = assets
+        rows = read_assets(records)
+        h = eng._h
+        for row in rows.values():
+            h.node(row.name, row.type)
+            if row.project_id and row.project_number:
+                num = f"//{names.CRM}/projects/{row.project_number}"
+                alias = f"//{names.CRM}/projects/{row.project_id}"
+                other = alias if row.name == num else num
+                h.aliases[other] = row.name
+                h.project_alias[row.project_id] = row.project_number
+                h.project_alias[row.project_number] = row.project_id
+        for row in rows.values():
+            for a in row.ancestors:          # containers named only as ancestors still exist
+                rn = names.parse_resource(a)
+                if eng._lookup(rn.full) is None:
+                    h.node(rn.full, rn.type)
+        for row in rows.values():
+            node = h.nodes[row.name]
+            parent = eng._parent_for(row.name, row.parent, row.ancestors)
+            if parent is not None:
+                h.set_parent(node, parent)
+        for row in rows.values():
+            if row.policy is not None:
+                pol = parse_allow_policy(row.policy, f"{row.field}.iamPolicy", lenient_version=True)
+                eng._check_roles(pol, h.nodes[row.name], f"{row.field}.iamPolicy", unknown_roles)
+                h.set_policy(h.nodes[row.name], pol)
+        if groups:
+            eng._groups.load(groups)
+        for i, d in enumerate(deny_policies or ()):
+            if not isinstance(d, Mapping):
+                raise InvalidArgument(f"Invalid deny_policies[{i}]: expected an object with attachmentPoint "
+                                      "and policy.", field=f"deny_policies[{i}]")
+            eng.set_deny_policy(d.get("attachmentPoint") or d.get("attachment_point"), d.get("policy"),
+                                field=f"deny_policies[{i}]")
+        return eng
+
+    def load_catalog(self, catalog: Iterable[Mapping[str, Any]] | str | os.PathLike[str]) -> int:
+        """Add predefined roles in gcloud's role JSON shape (e.g. all of Google's roles)."""
+        if isinstance(catalog, str | os.PathLike):
+            with open(catalog, encoding="utf-8") as f:
+                catalog = json.load(f)
+            if not isinstance(catalog, list):
+                raise InvalidArgument("Invalid catalog: expected a JSON array of roles.", field="catalog")
+        roles = [parse_role(r, f"catalog[{i}]") for i, r in enumerate(catalog)]
+        self._roles.put_many(roles)
+        return len(roles)
+
+    def _parent_for(self, name: str, explicit: str | None, ancestors: Sequence[str]) -> Node | None:
+        h = self._h
+        if explicit:
+            return self._lookup(explicit) or h.node(explicit, names.parse_resource(explicit).type)
+        rn = names.parse_resource(name)
+        if rn.parent is not None:
+            derived = self._lookup(rn.parent)
+            if derived is not None:
+                return derived
+        if ancestors:
+            own = f"//{names.CRM}/{ancestors[0]}"
+            start = 1 if self._lookup(own) is h.nodes.get(name) or rn.is_container else 0
+            if len(ancestors) > start:
+                return self._lookup(f"//{names.CRM}/{ancestors[start]}")
+        if rn.parent is not None:
+            return self._ensure(rn.parent)
+        return None
+
+    # ================================================================================ name handling
+    def _lookup(self, full: str) -> Node | None:
+        """Find a node by any of its names (project id or number, CAI or canonical form)."""
+        h = self._h
+        n = h.nodes.get(full)
+        if n is not None:
+            return n
+        canon = h.aliases.get(full)
+        if canon is not None:
+            return h.nodes.get(canon)
+        # child resources may name their project by id or by number
+        svc_end = full.find("/", 2)
+        rel = full[svc_end + 1:]
+        if rel.startswith("projects/"):
+            pid, sep, rest = rel[9:].partition("/")
+            other = self._h.project_alias.get(pid)
+            if other is not None:
+                alt = f"{full[:svc_end]}/projects/{other}{sep}{rest}"
+                return h.nodes.get(alt) or h.nodes.get(h.aliases.get(alt, ""))
+        return None
+
+    def _ensure(self, name: str, parent: str | None = None) -> Node:
+        """The node for ``name``, created (with its parent derived from the name) if absent."""
+        rn = names.parse_resource(name)
+        node = self._lookup(rn.full)
+        if node is None:
+            node = self._h.node(rn.full, rn.type)
+            pname = parent or rn.parent
+            if pname is not None:
+                self._h.set_parent(node, self._ensure(pname))
+            self._h.gen += 1
+        elif parent is not None:
+            self.move_resource(rn.full, parent)
+        return node
+
+    def _resolve(self, resource: str) -> tuple[Node | None, tuple[Node, ...]]:
+        """Node (or None for an unregistered resource) and the chain of known nodes above it."""
+        h = self._h
+        node = h.nodes.get(resource)
+        if node is not None:
+            return node, (node._chain if node._gen == h.gen else h.chain(node))
+        hit = self._virtual.get(resource)
+        if hit is not None and hit[0] == h.gen:
+            return hit[1], hit[2]
+        rn = names.parse_resource(resource)
+        node = self._lookup(rn.full)
+        if node is not None:
+            out: tuple[Node | None, tuple[Node, ...]] = (node, h.chain(node))
+        else:
+            chain: tuple[Node, ...] = ()
+            parent = rn.parent
+            while parent is not None:
+                pn = self._lookup(parent)
+                if pn is not None:
+                    chain = h.chain(pn)
+                    break
+                parent = names.parse_resource(parent).parent
+            out = (None, chain)
+        if len(self._virtual) > 100_000:
+            self._virtual.clear()
+        self._virtual[resource] = (h.gen, out[0], out[1])
+        return out
+
+    # ======================================================================================== checks
+    def check(self, principal: str | None, permission: str, resource: str, *,
+              time: dt.datetime | None = None) -> Decision:
+        """May ``principal`` use ``permission`` on ``resource`` (a full resource name)?
+
+        ``principal``: ``user:EMAIL``, ``serviceAccount:EMAIL``, ``principal://…``, or ``None`` /
+        ``"allUsers"`` for an unauthenticated caller. ``time``: request.time for IAM Conditions
+        (default: the engine's clock, read only if a condition needs it).
+        """
+        groups = self._groups
+        ident = groups._cache.get(principal or ANONYMOUS) or groups.identity(principal)
+        h = self._h
+        node = h.nodes.get(resource)
+        if node is not None:
+            chain = node._chain if node._gen == h.gen else h.chain(node)
+        else:
+            chain = self._resolve(resource)[1]
+        if h.deny_nodes:
+            for n in chain:
+                if n.deny is not None:
+                    reason, conds = self._deny_on(n, ident, permission, resource, time)
+                    if reason is not None:
+                        return Decision(False, ident.principal, permission, resource, None, reason, conds,
+                                        self, time)
+        pending: list[tuple[Grant, str]] | None = None
+        keys = ident.keys
+        for n in chain:
+            allow = n.allow
+            if allow is None:
+                continue
+            for k in keys:
+                grants = allow.get(k)
+                if grants is None:
+                    continue
+                for g in grants:
+                    if permission in g.role.perms:
+                        if g.cond is None and g.role.scope is None:
+                            return Decision(True, ident.principal, permission, resource, (g, k, ident, None),
+                                            None, (), self, time)
+                        if pending is None:
+                            pending = []
+                        pending.append((g, k))
+        if pending is None:
+            return Decision(False, ident.principal, permission, resource, None, None, (), self, time)
+        return self._check_pending(ident, permission, resource, time, pending)
+
+    def _check_pending(self, ident: Identity, permission: str, resource: str, time: dt.datetime | None,
+                       pending: list[tuple[Grant, str]]) -> Decision:
+        """Grants that need more than a set probe: custom-role scope and IAM Conditions."""
+        results: list[ConditionResult] = []
+        ctx: ConditionContext | None = None
+        for g, k in pending:
+            if g.role.scope is not None and not self._in_scope(g):
+                continue
+            if g.cond is None:
+                return Decision(True, ident.principal, permission, resource, (g, k, ident, None), None,
+                                tuple(results), self, time)
+            if ctx is None:
+                time = time or self._clock()
+                ctx = self._context(resource, time)
+            res = _evaluate(g.cond, ctx, g.node.name, f"bindings[{g.index}]")
+            results.append(res)
+            if res.value:
+                return Decision(True, ident.principal, permission, resource, (g, k, ident, res), None,
+                                tuple(results), self, time)
+        return Decision(False, ident.principal, permission, resource, None, None, tuple(results), self, time)
+
+    def _in_scope(self, g: Grant) -> bool:
+        scope = g.role.scope
+        if scope is None:
+            return True
+        target = self._lookup(scope)
+        return target is not None and target in self._h.chain(g.node)
+
+    def _context(self, resource: str, time: dt.datetime) -> ConditionContext:
+        rn = names.parse_resource(resource)
+        node = self._lookup(rn.full)
+        rtype = node.type if node is not None and rn.type.endswith("/Unknown") else rn.type
+        return ConditionContext(request_time=time, resource_name=rn.relative, resource_type=rtype,
+                                resource_service=rn.service)
+
+    def _deny_on(self, n: Node, ident: Identity, permission: str, resource: str,
+                 time: dt.datetime | None) -> tuple[DenyReason | None, tuple[ConditionResult, ...]]:
+        assert n.deny is not None
+        conds: list[ConditionResult] = []
+        for pol, i, rule in n.deny.candidates(permission):
+            matched = _denied_principal(rule, ident)
+            if matched is None:
+                continue
+            if rule.exception_permissions and permission_covered(rule.exception_permissions,
+                                                                  permission_parts(permission)):
+                continue
+            res = None
+            if rule.condition is not None and rule.condition.compiled is not None:
+                res = _evaluate(rule.condition.compiled, self._context(resource, time or self._clock()),
+                                n.name, f"{pol.name} rules[{i}]")
+                conds.append(res)
+                if res.value is False:
+                    continue            # an erroring denialCondition denies: fail closed
+            return DenyReason(n.name, pol.name, i, matched, tuple(ident.chain(matched)), res), tuple(conds)
+        return None, tuple(conds)
+
+    def check_many(self, queries: Iterable[tuple[str | None, str, str]], *,
+                   time: dt.datetime | None = None) -> list[Decision]:
+        """Check many (principal, permission, resource) triples at one request.time."""
+        if time is None:
+            time = self._clock()
+        check = self.check
+        return [check(p, perm, r, time=time) for p, perm, r in queries]
+
+    def test_iam_permissions(self, principal: str | None, resource: str, permissions: Iterable[str], *,
+                             time: dt.datetime | None = None) -> list[str]:
+        """The subset of ``permissions`` the principal holds on ``resource`` (testIamPermissions)."""
+        perms = [names.parse_permission(p, f"permissions[{i}]") for i, p in enumerate(permissions)]
+        return [p for p in dict.fromkeys(perms) if self.check(principal, p, resource, time=time).allowed]
+
+    # =================================================================================== explaining
+    def explain(self, principal: str | None, permission: str, resource: str, *,
+                time: dt.datetime | None = None) -> Explanation:
+        """Every policy on the ancestry, every relevant binding and deny rule, with its verdict."""
+        names.parse_permission(permission)
+        time = time or self._clock()
+        ident = self._groups.identity(principal)
+        node, chain = self._resolve(resource)
+        notes = []
+        ancestry = [n.name for n in chain]
+        if node is None:
+            rn = names.parse_resource(resource)
+            ancestry.insert(0, rn.full)
+            if not chain:
+                notes.append(f"{rn.full} is not in the resource hierarchy and its name names no known parent")
+        ctx = self._context(resource, time)
+        parts = permission_parts(permission)
+        deny_ex: list[DenyRuleExplanation] = []
+        denied = False
+        for n in chain:
+            if n.deny is None:
+                continue
+            for pol in n.deny.policies.values():
+                for i, rule in enumerate(pol.rules):
+                    listed = permission_covered(rule.denied_permissions, parts)
+                    excepted = listed and permission_covered(rule.exception_permissions, parts)
+                    matched = _denied_principal(rule, ident, ignore_exceptions=True)
+                    exc = next((k for k in ident.keys if k in rule.exception_principals), None)
+                    cres = None
+                    if rule.condition is not None and rule.condition.compiled is not None and listed and matched:
+                        cres = _evaluate(rule.condition.compiled, ctx, n.name, f"{pol.name} rules[{i}]")
+                    denies = bool(listed and not excepted and matched and not exc
+                                  and (cres is None or cres.value is not False))
+                    denied = denied or denies
+                    deny_ex.append(DenyRuleExplanation(
+                        n.name, pol.name, i, listed, excepted, matched,
+                        tuple(ident.chain(matched)) if matched else (), exc, cres, denies))
+        node_ex: list[NodeExplanation] = []
+        granted = False
+        keyset = set(ident.keys)
+        for n in chain:
+            pol = n.policy
+            if pol is None or not pol.bindings:
+                node_ex.append(NodeExplanation(n.name, pol is not None, pol.etag if pol else "", ()))
+                continue
+            bex = []
+            for i, b in enumerate(pol.bindings):
+                handle = self._roles.handle(b.role)
+                state = handle.state
+                g = (n.allow or {}).get(b.members[0], [None])[0] if n.allow else None
+                if state == "ok" and handle.scope is not None:
+                    grant = next((x for x in (n.allow or {}).get(b.members[0], []) if x.index == i), g)
+                    if grant is not None and not self._in_scope(grant):
+                        state = "out-of-scope"
+                has_perm = permission in (handle.role.permissions if handle.role else ())
+                matched = next((m for m in b.members if m in keyset), None)
+                cres = None
+                if b.condition is not None and b.condition.compiled is not None and has_perm and matched:
+                    cres = _evaluate(b.condition.compiled, ctx, n.name, f"bindings[{i}]")
+                grants = bool(state == "ok" and has_perm and matched and (cres is None or cres.value))
+                granted = granted or grants
+                bex.append(BindingExplanation(i, b.role, state, has_perm, b.members, matched,
+                                              tuple(ident.chain(matched)) if matched else (), cres, grants))
+            node_ex.append(NodeExplanation(n.name, True, pol.etag, tuple(bex)))
+        return Explanation(ident.principal, permission, resource, granted and not denied, time,
+                           tuple(ancestry), tuple(deny_ex), tuple(node_ex), tuple(notes))
+
+    # ====================================================================================== queries
+    def who_has(self, permission: str, resource: str, *, expand_groups: bool = True,
+                time: dt.datetime | None = None) -> list[Access]:
+        """Who holds ``permission`` on ``resource``: members of granting bindings, groups expanded
+        to their members, conditional grants flagged, principals that a deny rule stops left out."""
+        names.parse_permission(permission)
+        _, chain = self._resolve(resource)
+        out: dict[tuple[str, str, int, str], Access] = {}
+        for n in chain:
+            if n.policy is None:
+                continue
+            for i, b in enumerate(n.policy.bindings):
+                handle = self._roles.handle(b.role)
+                if permission not in handle.perms:
+                    continue
+                grant = next((g for g in (n.allow or {}).get(b.members[0], []) if g.index == i), None)
+                if grant is not None and not self._in_scope(grant):
+                    continue
+                cond = b.condition is not None
+                for m in b.members:
+                    found = [(m, ())] if not (expand_groups and m.startswith("group:")) else \
+                        [(m, ()), *((x, tuple(path)) for x, path in self._groups.expand_members(m))]
+                    for who, via in found:
+                        key = (who, n.name, i, ",".join(via))
+                        out.setdefault(key, Access(who, permission, n.name, b.role, i, cond, via))
+        result = []
+        for a in out.values():
+            if a.principal.startswith(("user:", "serviceAccount:", "principal://")):
+                d = self.check(a.principal, permission, resource, time=time)
+                if d.deny is not None:
+                    continue
+            result.append(a)
+        result.sort(key=lambda a: (a.principal, a.resource, a.binding_index))
+        return result
+
+    def what_can(self, principal: str | None, resource: str, *,
+                 time: dt.datetime | None = None) -> dict[str, list[Access]]:
+        """Every permission ``principal`` holds on ``resource``, with the grants that give it."""
+        ident = self._groups.identity(principal)
+        _, chain = self._resolve(resource)
+        found: dict[str, list[Access]] = {}
+        for n in chain:
+            if n.allow is None:
+                continue
+            for k in ident.keys:
+                for g in n.allow.get(k, ()):
+                    if not g.role.perms or not self._in_scope(g):
+                        continue
+                    via = tuple(ident.chain(k)[1:])
+                    for p in g.role.perms:
+                        found.setdefault(p, []).append(Access(k, p, n.name, g.binding.role, g.index,
+                                                              g.cond is not None, via))
+        out = {}
+        for p in sorted(found):
+            if self._h.deny_nodes and self.check(principal, p, resource, time=time).deny is not None:
+                continue
+            out[p] = found[p]
+        return out
+
+    def find_roles(self, permissions: Iterable[str], *, resource: str | None = None,
+                   predefined_only: bool = False) -> list[Role]:
+        """Roles holding every permission, smallest first; with ``resource``, custom roles usable there."""
+        perms = [names.parse_permission(p, f"permissions[{i}]") for i, p in enumerate(permissions)]
+        scopes: list[str] = []
+        if resource is not None:
+            scopes = [n.name for n in self._resolve(resource)[1]]
+            scopes += [a for a, c in self._h.aliases.items() if c in scopes]
+        return self._roles.find(perms, predefined_only=predefined_only, scopes=scopes)
+
+    # ======================================================================================= writes
+    def set_iam_policy(self, resource: str, policy: Mapping[str, Any] | AllowPolicy, *,
+                       unknown_roles: Literal["error", "ignore"] = "error") -> AllowPolicy:
+        """Replace the allow policy of ``resource`` (created in the hierarchy if new)."""
+        pol = policy if isinstance(policy, AllowPolicy) else parse_allow_policy(policy)
+        node = self._ensure(resource)
+        self._check_roles(pol, node, "policy", unknown_roles)
+        self._h.set_policy(node, pol)
+        self.revision += 1
+        return pol
+
+    def get_iam_policy(self, resource: str) -> AllowPolicy | None:
+        node = self._lookup(names.parse_resource(resource).full)
+        return node.policy if node is not None else None
+
+    def _check_roles(self, pol: AllowPolicy, node: Node, fld: str, unknown: str) -> None:
+        for i, b in enumerate(pol.bindings):
+            handle = self._roles.handle(b.role)
+            if handle.role is None and unknown == "error":
+                raise InvalidArgument(f"Invalid {fld}.bindings[{i}].role: role {b.role} does not exist; "
+                                      "load its definition (a custom role, or catalog=… for Google's full "
+                                      "catalog) first.", field=f"{fld}.bindings[{i}].role", reason="UNKNOWN_ROLE")
+            if handle.scope is not None and unknown == "error":
+                scope = self._lookup(handle.scope)
+                if scope is None or scope not in self._h.chain(node):
+                    raise InvalidArgument(f"Invalid {fld}.bindings[{i}].role: custom role {b.role} can only be "
+                                          f"granted inside {handle.scope[len('//' + names.CRM) + 1:]}.",
+                                          field=f"{fld}.bindings[{i}].role", reason="ROLE_OUT_OF_SCOPE")
+
+    def add_resource(self, resource: str, parent: str | None = None) -> None:
+        """Add a resource (or move it, if it exists) under ``parent`` (default: derived from its name)."""
+        self._ensure(resource, parent)
+        self.revision += 1
+
+    def move_resource(self, resource: str, new_parent: str) -> None:
+        node = self._lookup(names.parse_resource(resource).full)
+        if node is None:
+            raise NotFound(f"Resource {resource} is not in the hierarchy.", field="resource")
+        parent = self._ensure(new_parent)
+        try:
+            self._h.set_parent(node, parent)
+        except ValueError as e:
+            raise InvalidArgument(f"Invalid parent {new_parent}: {e}.", field="parent") from None
+        self.revision += 1
+
+    def remove_resource(self, resource: str) -> None:
+        """Remove a resource with no children, its policy and its deny policies."""
+        node = self._lookup(names.parse_resource(resource).full)
+        if node is None:
+            return
+        if node.children:
+            raise InvalidArgument(f"Invalid resource {resource}: it still has {len(node.children)} child "
+                                  "resource(s); remove or move them first.", field="resource")
+        self._h.set_policy(node, None)
+        self._h.set_deny(node, {})
+        self._deny.pop(node.name, None)
+        self._h.set_parent(node, None)
+        del self._h.nodes[node.name]
+        for alias in [a for a, c in self._h.aliases.items() if c == node.name]:
+            del self._h.aliases[alias]
+        self._h.gen += 1
+        self.revision += 1
+
+    def set_deny_policy(self, attachment: object, policy: Mapping[str, Any] | DenyPolicy, *,
+                        field: str = "policy") -> DenyPolicy:
+        """Create or replace a deny policy at an attachment point (organization, folder or project).
+
+        ``attachment``: ``cloudresourcemanager.googleapis.com/projects/P`` (IAM v2's form, also
+        URL-encoded), a full resource name, or ``projects/P``.
+        """
+        node = self._attachment(attachment, f"{field}.attachmentPoint")
+        pol = policy if isinstance(policy, DenyPolicy) else parse_deny_policy(policy, f"{field}.policy")
+        if not pol.name:
+            pol = DenyPolicy(f"deny-{len(self._deny.get(node.name, {})) + 1}", pol.rules, pol.display_name,
+                             pol.etag, pol.raw)
+        current = dict(self._deny.get(node.name, {}))
+        current[pol.name] = pol
+        self._deny[node.name] = current
+        self._h.set_deny(node, current)
+        self.revision += 1
+        return pol
+
+    def delete_deny_policy(self, attachment: object, name: str) -> None:
+        node = self._attachment(attachment, "attachmentPoint")
+        current = dict(self._deny.get(node.name, {}))
+        if current.pop(name, None) is None:
+            raise NotFound(f"Deny policy {name} is not attached to {node.name}.", field="name")
+        self._deny[node.name] = current
+        self._h.set_deny(node, current)
+        self.revision += 1
+
+    def deny_policies(self, attachment: object) -> list[DenyPolicy]:
+        node = self._attachment(attachment, "attachmentPoint")
+        return list(self._deny.get(node.name, {}).values())
+
+    def _attachment(self, attachment: object, fld: str) -> Node:
+        if not isinstance(attachment, str) or not attachment:
+            raise InvalidArgument(f"Invalid {fld}: expected e.g. 'cloudresourcemanager.googleapis.com/"
+                                  "projects/my-project'.", field=fld)
+        from urllib.parse import unquote
+        text = attachment
+        for _ in range(3):                       # %252F → %2F → /
+            text = unquote(text)
+        if text.startswith(names.CRM + "/"):
+            text = "//" + text
+        rn = names.parse_resource(text, fld)
+        if not rn.is_container:
+            raise InvalidArgument(f"Invalid {fld} {attachment!r}: deny policies attach to an organization, "
+                                  "folder or project.", field=fld)
+        return self._ensure(rn.full)
+
+    def put_role(self, role: Mapping[str, Any] | Role) -> Role:
+        """Define or replace a role (custom roles: ``projects/P/roles/R``, ``organizations/O/roles/R``)."""
+        r = role if isinstance(role, Role) else parse_role(role)
+        self._roles.put(r)
+        self.revision += 1
+        return r
+
+    def delete_role(self, name: str) -> Role:
+        """Mark a role deleted: it stays visible but grants nothing."""
+        r = self._roles.get(names.parse_role_name(name, "name"))
+        if r is None:
+            raise NotFound(f"Role {name} does not exist.", field="name")
+        return self.put_role(Role(r.name, r.permissions, r.title, r.description, r.stage, True, r.etag))
+
+    def get_role(self, name: str) -> Role | None:
+        return self._roles.get(name)
+
+    def roles(self) -> list[Role]:
+        return self._roles.roles()
+
+    def set_group_members(self, group: str, members: Iterable[str]) -> None:
+        """Replace a group's direct members. A write that would make a cycle is rejected."""
+        self._groups.set_members(group, list(members))
+        self._virtual.clear()
+        self.revision += 1
+
+    def group_members(self, group: str) -> tuple[str, ...]:
+        return self._groups.members(names.parse_member(group if ":" in group else f"group:{group}", "group"))
+
+    # ====================================================================================== introspection
+    @property
+    def binding_count(self) -> int:
+        return self._h.binding_count
+
+    @property
+    def resource_count(self) -> int:
+        return len(self._h.nodes)
+
+    def ancestry(self, resource: str) -> list[str]:
+        node, chain = self._resolve(resource)
+        out = [n.name for n in chain]
+        if node is None:
+            out.insert(0, names.parse_resource(resource).full)
+        return out
+
+    def resources(self) -> Iterator[str]:
+        return iter(list(self._h.nodes))
+
+
+def _denied_principal(rule: DenyRule, ident: Identity, *, ignore_exceptions: bool = False) -> str | None:
+    denied = rule.denied_principals
+    matched = None
+    for k in ident.keys:
+        if k in denied:
+            matched = k
+            break
+    if matched is None:
+        return None
+    if not ignore_exceptions and rule.exception_principals:
+        exc = rule.exception_principals
+        for k in ident.keys:
+            if k in exc:
+                return None
+    return matched
+
+
+def _evaluate(cond: CompiledCondition, ctx: ConditionContext, resource: str, where: str) -> ConditionResult:
+    try:
+        return ConditionResult(resource, where, cond.expression, cond.evaluate(ctx))
+    except ConditionError as e:
+        return ConditionResult(resource, where, cond.expression, None, str(e))
+
+
+def _read_ndjson(path: str | os.PathLike[str]) -> Iterator[object]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InvalidArgument(f"Invalid assets file {os.fspath(path)} line {lineno}: not JSON ({e.msg}).",
+                                      field="assets") from None

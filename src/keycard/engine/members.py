@@ -1,0 +1,162 @@
+"""Who a principal is, for matching policy members: itself, its domain, the public
+sets, and every group it belongs to, transitively.
+
+``Identity.keys`` is the tuple of member keys that match the principal — the
+only thing the hot path needs; ``Identity.via`` remembers how each group was
+reached so a Decision can print the chain ``user → group → group``.
+
+Groups nest to any depth. Writes that would create a cycle are rejected
+(:meth:`GroupGraph.set_members`); a cycle that reached the graph anyway is
+harmless: the walk visits each group once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from keycard import names
+from keycard.errors import InvalidArgument
+
+__all__ = ["ANONYMOUS", "GroupGraph", "Identity"]
+
+ANONYMOUS = "allUsers"
+_POOL_SUBJECT = "/subject/"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    principal: str                    # canonical member key of the caller ("allUsers" when anonymous)
+    keys: tuple[str, ...]             # every member key that matches the caller
+    via: Mapping[str, str]            # group key → the key through which it was reached
+    authenticated: bool
+
+    def chain(self, key: str) -> list[str]:
+        """principal → … → key, the membership path that makes ``key`` match."""
+        path = [key]
+        seen = {key}
+        while path[-1] in self.via:
+            nxt = self.via[path[-1]]
+            if nxt in seen:
+                break
+            seen.add(nxt)
+            path.append(nxt)
+        path.reverse()
+        if path[0] != self.principal and key != self.principal:
+            path.insert(0, self.principal)
+        return path
+
+
+class GroupGraph:
+    """Group memberships: group key → direct member keys, and the reverse."""
+
+    def __init__(self) -> None:
+        self._members: dict[str, tuple[str, ...]] = {}
+        self._parents: dict[str, set[str]] = {}
+        self._cache: dict[str, Identity] = {}
+
+    # ----------------------------------------------------------------------------------- writes
+    def set_members(self, group: str, members: Iterable[str], *, check_cycles: bool = True) -> None:
+        gkey = names.parse_member(group if group.startswith("group:") else f"group:{group}", "group")
+        if not gkey.startswith("group:"):
+            raise InvalidArgument(f"Invalid group {group!r}: expected a group email.", field="group")
+        new = tuple(dict.fromkeys(names.parse_member(m, f"groups[{group}][{i}]") for i, m in enumerate(members)))
+        if check_cycles:
+            self._reject_cycle(gkey, new)
+        for old in self._members.get(gkey, ()):
+            ps = self._parents.get(old)
+            if ps is not None:
+                ps.discard(gkey)
+        self._members[gkey] = new
+        for m in new:
+            self._parents.setdefault(m, set()).add(gkey)
+        self._cache.clear()
+
+    def load(self, groups: Mapping[str, Sequence[str]]) -> None:
+        for g, ms in groups.items():
+            self.set_members(g, ms, check_cycles=False)
+        for g in list(self._members):
+            self._reject_cycle(g, self._members[g], loading=True)
+
+    def _reject_cycle(self, gkey: str, members: Sequence[str], *, loading: bool = False) -> None:
+        # A cycle exists iff gkey is reachable from one of its new member groups.
+        stack = [m for m in members if m.startswith("group:")]
+        seen: set[str] = set()
+        while stack:
+            g = stack.pop()
+            if g == gkey:
+                if loading:
+                    self._members.clear()
+                    self._parents.clear()
+                raise InvalidArgument(f"Invalid groups[{gkey[6:]}]: the membership would make the group a "
+                                      "member of itself (a group cycle); remove the nested group that leads "
+                                      "back to it.", field=f"groups[{gkey[6:]}]", reason="GROUP_CYCLE")
+            if g in seen:
+                continue
+            seen.add(g)
+            stack.extend(m for m in self._members.get(g, ()) if m.startswith("group:"))
+
+    # ------------------------------------------------------------------------------------ reads
+    def members(self, group: str) -> tuple[str, ...]:
+        return self._members.get(group, ())
+
+    def groups(self) -> list[str]:
+        return list(self._members)
+
+    def identity(self, principal: str | None) -> Identity:
+        """The member keys matching ``principal`` (cached until the next group write)."""
+        key = principal or ANONYMOUS
+        ident = self._cache.get(key)
+        if ident is None:
+            ident = self._expand(key)
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            self._cache[key] = ident
+        return ident
+
+    def _expand(self, raw: str) -> Identity:
+        if raw == ANONYMOUS:
+            return Identity(ANONYMOUS, (ANONYMOUS,), {}, False)
+        p = names.parse_member(raw, "principal")
+        base = [p]
+        if p.startswith("user:"):
+            base.append("domain:" + p.rsplit("@", 1)[1])
+        elif p.startswith("principal://") and _POOL_SUBJECT in p:
+            base.append(p.replace("principal://", "principalSet://", 1).split(_POOL_SUBJECT, 1)[0] + "/*")
+        authenticated = not p.startswith(("group:", "domain:", "deleted:")) and p != "allAuthenticatedUsers"
+        via: dict[str, str] = {}
+        seen = set(base)
+        order = list(base)
+        frontier = list(base)
+        if authenticated:
+            frontier.append("allAuthenticatedUsers")
+        while frontier:
+            nxt = []
+            for k in frontier:
+                for g in self._parents.get(k, ()):
+                    if g not in seen:
+                        seen.add(g)
+                        via[g] = k
+                        order.append(g)
+                        nxt.append(g)
+            frontier = nxt
+        if authenticated:
+            order.append("allAuthenticatedUsers")
+        order.append(ANONYMOUS)
+        return Identity(p, tuple(order), via, authenticated)
+
+    def expand_members(self, group: str) -> list[tuple[str, list[str]]]:
+        """Every non-group member of ``group`` transitively, with the group path that reaches it."""
+        out: list[tuple[str, list[str]]] = []
+        seen = {group}
+        stack: list[tuple[str, list[str]]] = [(group, [group])]
+        while stack:
+            g, path = stack.pop()
+            for m in self._members.get(g, ()):
+                if m.startswith("group:"):
+                    if m not in seen:
+                        seen.add(m)
+                        stack.append((m, [*path, m]))
+                else:
+                    out.append((m, path))
+        return out

@@ -111,32 +111,34 @@ def _bad(field: str, value: object, what: str) -> InvalidArgument:
 def _parse_resource_cached(name: str, field: str) -> ResourceName:
     if len(name) > _MAX_NAME:
         raise _bad(field, name, f"longer than {_MAX_NAME} characters")
-    if _NODE_RE.match(name):                      # short form: organizations/N, folders/N, projects/P
+    if _NODE_RE.fullmatch(name):                  # short form: organizations/N, folders/N, projects/P
         name = f"//{CRM}/{name}"
     if not name.startswith("//"):
         raise _bad(field, name, "expected a full resource name such as '//cloudresourcemanager.googleapis.com/"
                                 "projects/my-project' or a hierarchy name such as 'projects/my-project'")
     service, _, relative = name[2:].partition("/")
-    if not _SERVICE_RE.match(service):
+    if not _SERVICE_RE.fullmatch(service):
         raise _bad(field, name, "the service part must be a DNS name such as 'ml.googleapis.com'")
-    if not relative or any(not _SEGMENT_RE.match(s) for s in relative.split("/")):
+    if not relative or any(not _SEGMENT_RE.fullmatch(s) for s in relative.split("/")):
         raise _bad(field, name, "the path after the service must be non-empty segments separated by '/'")
     if service == "storage.googleapis.com" and "/" not in relative:
         relative = f"projects/_/buckets/{relative}"  # Cloud Asset Inventory names buckets //storage.googleapis.com/B
     for svc, pattern, rtype, parent_fmt in _KNOWN:
         if svc != service:
             continue
-        m = pattern.match(relative)
+        m = pattern.fullmatch(relative)
         if m is None:
             continue
-        if rtype == "storage.googleapis.com/Bucket" and not _BUCKET_RE.match(m.group(1)):
+        if rtype == "storage.googleapis.com/Bucket" and not _BUCKET_RE.fullmatch(m.group(1)):
             raise _bad(field, name, "bucket names are 3-222 characters of a-z, 0-9, '.', '_' and '-', "
                                     "starting and ending with a letter or digit")
         if rtype.startswith("ml.googleapis.com/") and rtype != "ml.googleapis.com/Operation" \
-                and not all(_ML_ID_RE.match(g) for g in m.groups()[1:]):
+                and not all(_ML_ID_RE.fullmatch(g) for g in m.groups()[1:]):
             raise _bad(field, name, "model, version and job ids start with a letter and hold letters, "
                                     "digits, '_' and '-'")
         parent = parent_fmt.format(*m.groups()) if parent_fmt else None
+        if parent and parent.startswith(f"//{CRM}/") and not _NODE_RE.fullmatch(parent[len(CRM) + 3:]):
+            parent = None  # projects/- and projects/_ name no project
         return ResourceName(f"//{service}/{relative}", service, relative, rtype, parent)
     if service == CRM and relative.count("/") == 1:
         raise _bad(field, name, "expected organizations/NUMBER, folders/NUMBER or projects/PROJECT_ID_OR_NUMBER "
@@ -156,7 +158,7 @@ def parse_resource(name: object, field: str = "resource") -> ResourceName:
 def container_full_name(relative: str) -> str | None:
     """The hierarchy node a relative name lives under (``projects/p/x/y`` → project p), or None."""
     parts = relative.split("/", 2)
-    if len(parts) >= 3 and parts[0] in ("projects", "folders", "organizations") and parts[1] not in ("_", "-"):
+    if len(parts) >= 3 and _NODE_RE.fullmatch(f"{parts[0]}/{parts[1]}"):
         return f"//{CRM}/{parts[0]}/{parts[1]}"
     return None
 
@@ -194,7 +196,7 @@ def _parse_member_cached(member: str, field: str) -> str:
     if member in _SIMPLE_MEMBERS:
         return member
     if member.startswith("principal://"):
-        if not _PRINCIPAL_RE.match(member):
+        if not _PRINCIPAL_RE.fullmatch(member):
             alias = _V2_PRINCIPAL_ALIASES(member)
             if alias is not None:
                 return alias
@@ -206,7 +208,7 @@ def _parse_member_cached(member: str, field: str) -> str:
         alias = _V2_PRINCIPAL_ALIASES(member)
         if alias is not None:
             return alias
-        if not _PRINCIPAL_SET_RE.match(member):
+        if not _PRINCIPAL_SET_RE.fullmatch(member):
             raise _bad(field, member, "principalSet:// identifiers name a pool's '*', 'group/G' or "
                                       "'attribute.A/V' set")
         return member
@@ -216,25 +218,25 @@ def _parse_member_cached(member: str, field: str) -> str:
                                   "'domain:DOMAIN', 'allUsers' or 'allAuthenticatedUsers'")
     if kind in _EMAIL_KINDS:
         email = rest.lower()
-        if not _EMAIL_RE.match(email):
+        if not _EMAIL_RE.fullmatch(email):
             raise _bad(field, member, f"'{kind}:' must be followed by an email address")
         return f"{kind}:{email}"
     if kind == "domain":
         domain = rest.lower()
-        if not _DOMAIN_RE.match(domain):
+        if not _DOMAIN_RE.fullmatch(domain):
             raise _bad(field, member, "'domain:' must be followed by a DNS domain such as example.com")
         return f"domain:{domain}"
     if kind == "deleted":
         inner, q, uid = rest.partition("?uid=")
-        if not q or not uid.isdigit():
+        if not q or not (uid.isascii() and uid.isdigit()):
             raise _bad(field, member, "deleted members look like 'deleted:user:EMAIL?uid=NUMBER'")
         return f"deleted:{_parse_member_cached(inner, field)}?uid={uid}"
     if kind in _CONVENIENCE:
-        if not re.match(rf"^(?:{_PROJECT_ID}|{_NUMBER})$", rest):
+        if not re.fullmatch(rf"^(?:{_PROJECT_ID}|{_NUMBER})$", rest):
             raise _bad(field, member, f"'{kind}:' must be followed by a project id")
         return f"{kind}:{rest}"
-    raise _bad(field, member, f"unknown member type '{kind}:'; use user:, group:, serviceAccount:, domain:, "
-                              "principal://, principalSet://, allUsers or allAuthenticatedUsers")
+    raise _bad(field, member, f"unknown member type {kind + ':'!r}; use user:, group:, serviceAccount:, "
+                              "domain:, principal://, principalSet://, allUsers or allAuthenticatedUsers")
 
 
 def parse_member(member: object, field: str = "member") -> str:
@@ -256,7 +258,7 @@ def _V2_PRINCIPAL_ALIASES(ident: str) -> str | None:  # noqa: N802 - reads as a 
                          ("principal://iam.googleapis.com/projects/-/serviceAccounts/", "serviceAccount")):
         if ident.startswith(prefix):
             email = ident[len(prefix):].lower()
-            return f"{kind}:{email}" if _EMAIL_RE.match(email) else None
+            return f"{kind}:{email}" if _EMAIL_RE.fullmatch(email) else None
     return None
 
 
@@ -264,23 +266,23 @@ def _V2_PRINCIPAL_ALIASES(ident: str) -> str | None:  # noqa: N802 - reads as a 
 def _parse_deny_principal_cached(ident: str, field: str) -> str:
     if ident.startswith("deleted:"):
         inner, q, uid = ident[len("deleted:"):].partition("?uid=")
-        if q and uid.isdigit():
+        if q and uid.isascii() and uid.isdigit():
             return f"deleted:{_parse_deny_principal_cached(inner, field)}?uid={uid}"
         raise _bad(field, ident, "deleted principals look like 'deleted:principal://goog/subject/EMAIL?uid=N'")
     alias = _V2_PRINCIPAL_ALIASES(ident)
     if alias is not None:
         return alias
-    if (ident.startswith("principal://") and _PRINCIPAL_RE.match(ident)) or \
-            (ident.startswith("principalSet://") and _PRINCIPAL_SET_RE.match(ident)):
+    if (ident.startswith("principal://") and _PRINCIPAL_RE.fullmatch(ident)) or \
+            (ident.startswith("principalSet://") and _PRINCIPAL_SET_RE.fullmatch(ident)):
         return ident
     hint = ""
     kind, sep, rest = ident.partition(":")
     if sep and kind == "user":
-        hint = f"; write 'principal://goog/subject/{rest}'"
+        hint = f"; write {'principal://goog/subject/' + rest!r}"
     elif sep and kind == "group":
-        hint = f"; write 'principalSet://goog/group/{rest}'"
+        hint = f"; write {'principalSet://goog/group/' + rest!r}"
     elif sep and kind == "serviceAccount":
-        hint = f"; write 'principal://iam.googleapis.com/projects/-/serviceAccounts/{rest}'"
+        hint = f"; write {'principal://iam.googleapis.com/projects/-/serviceAccounts/' + rest!r}"
     elif ident in ("allUsers", "allAuthenticatedUsers"):
         hint = "; write 'principalSet://goog/public:all'"
     raise _bad(field, ident, "deny policies take IAM v2 principal identifiers (principal://goog/subject/EMAIL, "
@@ -299,7 +301,7 @@ def parse_deny_principal(ident: object, field: str = "deniedPrincipals") -> str:
 
 @lru_cache(maxsize=65536)
 def _parse_permission_cached(permission: str, field: str) -> str:
-    if len(permission) > 256 or not _PERMISSION_RE.match(permission):
+    if len(permission) > 256 or not _PERMISSION_RE.fullmatch(permission):
         raise _bad(field, permission, "permissions look like 'service.resource.verb', e.g. 'ml.models.get'")
     return permission
 
@@ -326,7 +328,7 @@ def parse_deny_permission(permission: object, field: str = "deniedPermissions") 
         raise _bad(field, permission, "expected a string of at most 256 characters")
     if permission.endswith("/*"):
         permission = permission + ".*"
-    m = _DENY_PERM_RE.match(permission)
+    m = _DENY_PERM_RE.fullmatch(permission)
     if m is None or not m.group(1).endswith(".googleapis.com"):
         raise _bad(field, permission, "deny policies take IAM v2 permissions 'SERVICE.googleapis.com/RESOURCE.VERB',"
                                       " e.g. 'ml.googleapis.com/models.delete'; RESOURCE or VERB may be '*'")
@@ -346,7 +348,7 @@ _ROLE_RE = re.compile(
 
 def parse_role_name(role: object, field: str = "role") -> str:
     """Validate a role name: ``roles/R``, ``projects/P/roles/R`` or ``organizations/O/roles/R``."""
-    if not isinstance(role, str) or not _ROLE_RE.match(role):
+    if not isinstance(role, str) or not _ROLE_RE.fullmatch(role):
         raise _bad(field, role, "roles are named 'roles/NAME', 'projects/PROJECT/roles/NAME' or "
                                 "'organizations/NUMBER/roles/NAME'")
     return role
@@ -361,4 +363,4 @@ def role_scope(role: str) -> str | None:
 
 
 def is_valid_role_id(role_id: str) -> bool:
-    return bool(_ROLE_ID_RE.match(role_id))
+    return bool(_ROLE_ID_RE.fullmatch(role_id))

@@ -110,10 +110,6 @@ def extract_template(value: str, template: str) -> str:
     return value[start:end]
 
 
-def _cel_extract(value: str, template: str) -> str:
-    return extract_template(value, template)
-
-
 # --------------------------------------------------------------------------- lexical scan
 
 # String and bytes literals (plain, triple-quoted, raw) and `//` comments, per the CEL lexer.
@@ -167,7 +163,7 @@ _ENV: Any = cel.NewEnv(
                     _T.STRING,
                     [_T.STRING, _T.STRING],
                     is_member=True,
-                    impl=_cel_extract,
+                    impl=extract_template,
                 )
             ],
         )
@@ -179,7 +175,10 @@ _ERROR: Any = _T.ERROR
 
 
 _MISSING: Final = re.compile(r'No value with name "([^"]+)" found')
-_STATUS_PREFIXES: Final = ("INVALID_ARGUMENT:", "OUT_OF_RANGE:", "UNKNOWN:", "ERROR:", "<input>:")
+_STATUS_PREFIXES: Final = (
+    "INVALID_ARGUMENT:", "OUT_OF_RANGE:", "CANCELLED:", "UNKNOWN:", "ERROR:", "<input>:",
+)
+_STATUS_SUFFIX: Final = re.compile(r"\s*\[[A-Z_]+\]$")
 
 
 def _one_line(message: str) -> str:
@@ -190,7 +189,8 @@ def _one_line(message: str) -> str:
     line = next((part.strip() for part in message.splitlines() if part.strip()), "")
     for prefix in _STATUS_PREFIXES:
         line = line.removeprefix(prefix).strip()
-    return line.replace(" (in container '')", "") or "invalid expression"
+    line = _STATUS_SUFFIX.sub("", line.replace(" (in container '')", ""))
+    return line or "invalid expression"
 
 
 class _CompileFailure(Exception):
@@ -235,23 +235,23 @@ class CompiledCondition:
 
     def evaluate(self, ctx: ConditionContext) -> bool:
         """True or False; raises ``ConditionError`` if the expression ends in an error."""
-        data: dict[str, object] = {}
-        if self._uses_time:
-            when = ctx.request_time
-            if when.tzinfo is None:
-                raise ConditionError("request.time must be a timezone-aware datetime")
-            data["request.time"] = when
-        if self._uses_name:
-            data["resource.name"] = ctx.resource_name
-        if self._uses_type:
-            data["resource.type"] = ctx.resource_type
-        if self._uses_service:
-            data["resource.service"] = ctx.resource_service
-        for key in self._extras:
-            value = ctx.extra.get(key)
-            if value is not None:
-                data[key] = value
         try:
+            data: dict[str, object] = {}
+            if self._uses_time:
+                when = ctx.request_time
+                if getattr(when, "tzinfo", None) is None:
+                    raise ConditionError("request.time must be a timezone-aware datetime")
+                data["request.time"] = when
+            if self._uses_name:
+                data["resource.name"] = ctx.resource_name
+            if self._uses_type:
+                data["resource.type"] = ctx.resource_type
+            if self._uses_service:
+                data["resource.service"] = ctx.resource_service
+            for key in self._extras:
+                value = ctx.extra.get(key)
+                if value is not None:
+                    data[key] = value
             result = self._program.eval(data=data)
             value = result.value()
             if value is True or value is False:
@@ -261,7 +261,9 @@ class CompiledCondition:
                 reason = _one_line(str(value))
             else:
                 reason = f"expression returned {str(kind.name()).lower()}, not bool"
-        except Exception as exc:  # the runtime's own errors (conversion, ...)
+        except ConditionError:
+            raise
+        except Exception as exc:  # the runtime's own errors (conversion, bad context, ...)
             raise ConditionError(f"condition evaluation failed: {_one_line(str(exc))}") from exc
         raise ConditionError(f"condition evaluation failed: {reason}")
 
@@ -270,6 +272,10 @@ def _compile(expression: str) -> CompiledCondition:
     """Uncached compile; raises ``_CompileFailure`` only."""
     if not expression.strip():
         raise _CompileFailure("must not be empty")
+    try:
+        expression.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _CompileFailure("must be valid Unicode text (no lone surrogates)") from None
     try:
         program = _ENV.compile(expression)
         return_type = program.return_type()

@@ -175,7 +175,7 @@ def parse_allow_policy(value: object, fld: str = "policy", *, lenient_version: b
     """
     obj = _mapping(value, fld)
     version_raw = obj.get("version", 0)
-    if isinstance(version_raw, str) and version_raw.isdigit():
+    if isinstance(version_raw, str) and version_raw.isascii() and version_raw.isdigit():
         version_raw = int(version_raw)
     if not isinstance(version_raw, int) or isinstance(version_raw, bool) or version_raw not in (0, 1, 3):
         raise InvalidArgument(f"Invalid {fld}.version {version_raw!r}: policy versions are 1 or 3.",

@@ -250,7 +250,7 @@ def parse_member(member: object, field: str = "member") -> str:
 
 # ------------------------------------------------------------------------------ IAM v2 (deny) principals
 
-def _V2_PRINCIPAL_ALIASES(ident: str) -> str | None:  # noqa: N802 - reads as a table
+def _V2_PRINCIPAL_ALIASES(ident: str) -> str | None:
     """Map IAM v2 identifiers of Google identities to keycard's member keys."""
     if ident == "principalSet://goog/public:all":
         return "allUsers"

@@ -18,13 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reference import Reference  # noqa: E402
+from reference import Reference
 
-from keycard import Engine  # noqa: E402
+from keycard import Engine
 
 CRM = "//cloudresourcemanager.googleapis.com/"
 T = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
-USERS = ["user:ann@a.com", "user:bo@a.com", "user:cy@b.com", "user:Di@B.com", "serviceAccount:sa@p-one.iam.gserviceaccount.com"]
+USERS = ["user:ann@a.com", "user:bo@a.com", "user:cy@b.com", "user:Di@B.com",
+         "serviceAccount:sa@p-one.iam.gserviceaccount.com"]
 PRINCIPALS = [*USERS, None]
 
 
@@ -57,7 +58,8 @@ V2 = {"user:ann@a.com": "principal://goog/subject/ann@a.com", "user:cy@b.com": "
       "sa": "principal://iam.googleapis.com/projects/-/serviceAccounts/sa@p-one.iam.gserviceaccount.com",
       "all": "principalSet://goog/public:all"}
 V2_PERMS = ["ml.googleapis.com/models.delete", "ml.googleapis.com/models.*", "ml.googleapis.com/*.get",
-            "storage.googleapis.com/*", "cloudresourcemanager.googleapis.com/projects.get", "iam.googleapis.com/roles.list"]
+            "storage.googleapis.com/*", "cloudresourcemanager.googleapis.com/projects.get",
+            "iam.googleapis.com/roles.list"]
 
 
 @st.composite
@@ -130,10 +132,9 @@ def worlds(draw: st.DrawFn) -> dict[str, Any]:
         if draw(st.booleans()):
             rule["denialCondition"] = {"expression": draw(st.sampled_from(CONDITIONS))}
         deny.append({"attachmentPoint": node[2:], "policy": {"name": f"d{len(deny)}", "rules": [{"denyRule": rule}]}})
+    child = f"{leaves[0]}/versions/v9" if "/models/" in leaves[0] else f"{leaves[0]}/objects/o.txt"
     queries = draw(st.lists(st.tuples(st.sampled_from(PRINCIPALS), st.sampled_from(PERMS),
-                                      st.sampled_from(nodes + [f"{leaves[0]}/versions/v9"
-                                                               if "/models/" in leaves[0] else
-                                                               f"{leaves[0]}/objects/o.txt"])),
+                                      st.sampled_from([*nodes, child])),
                             min_size=1, max_size=25))
     return {"assets": assets, "groups": groups, "roles": roles, "custom": custom, "deny": deny, "queries": queries,
             "parents": parents}

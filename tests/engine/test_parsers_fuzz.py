@@ -359,6 +359,17 @@ def test_near_valid_roles(value: dict[str, Any]) -> None:
         assert parse_role(role.to_json()) == role  # round trip
 
 
+@FUZZ
+@given(CEL_LIKE, st.sampled_from([None, "t", 3]))
+def test_conditions_in_policies_return_or_reject(expression: str, title: object) -> None:
+    allow = copy.deepcopy(VALID_ALLOW)
+    allow["bindings"][1]["condition"] = {"expression": expression, "title": title}
+    deny = copy.deepcopy(VALID_DENY)
+    deny["rules"][0]["denyRule"]["denialCondition"] = {"expression": expression, "title": title}
+    call(parse_allow_policy, allow, "policy")
+    call(parse_deny_policy, deny, "policy")
+
+
 # ------------------------------------------------------------------------------------------ groups
 
 @FUZZ

@@ -108,7 +108,8 @@ def test_ml_developer_creates_and_lists_jobs_but_cancels_only_with_job_owner() -
     assert not e.check("user:dev@x.com", "ml.jobs.cancel", job, time=T).allowed
     e.set_iam_policy(job, {"bindings": [b("roles/ml.jobOwner", "user:dev@x.com")]})
     assert e.check("user:dev@x.com", "ml.jobs.cancel", job, time=T).allowed
-    assert not e.check("user:dev@x.com", "ml.jobs.cancel", "//ml.googleapis.com/projects/123/jobs/other", time=T).allowed
+    other = "//ml.googleapis.com/projects/123/jobs/other"
+    assert not e.check("user:dev@x.com", "ml.jobs.cancel", other, time=T).allowed
 
 
 def test_project_id_and_number_name_the_same_project() -> None:
@@ -198,7 +199,8 @@ def test_group_cycles_rejected_on_write_and_harmless_at_evaluation() -> None:
 @pytest.mark.parametrize(("policy", "field"), [
     ({"bindings": [{"role": "roles/viewer", "members": ["user:a@x.com"], "condition": {"expression": "true"}}]},
      "policy.version"),
-    ({"version": 3, "bindings": [{"role": "roles/viewer", "members": ["usr:a@x.com"]}]}, "policy.bindings[0].members[0]"),
+    ({"version": 3, "bindings": [{"role": "roles/viewer", "members": ["usr:a@x.com"]}]},
+     "policy.bindings[0].members[0]"),
     ({"version": 3, "bindings": [{"role": "roles/nope", "members": ["user:a@x.com"]}]}, "policy.bindings[0].role"),
     ({"version": 3, "bindings": [{"role": "viewer", "members": ["user:a@x.com"]}]}, "policy.bindings[0].role"),
     ({"version": 3, "bindings": [{"role": "roles/viewer", "members": ["user:a@x.com"],
@@ -248,7 +250,7 @@ def test_role_finder_smallest_first() -> None:
     roles = [r.name for r in e.find_roles(["ml.jobs.cancel"])]
     assert roles[0] == "roles/ml.jobOwner"
     assert roles.index("roles/ml.admin") < roles.index("roles/owner")
-    assert [r.name for r in e.find_roles(["ml.models.predict", "ml.versions.predict"])][0] == "roles/ml.modelUser"
+    assert next(r.name for r in e.find_roles(["ml.models.predict", "ml.versions.predict"])) == "roles/ml.modelUser"
 
 
 def test_decision_reads_like_troubleshooter() -> None:

@@ -409,12 +409,12 @@ class Engine:
         granted = False
         keyset = set(ident.keys)
         for n in chain:
-            pol = n.policy
-            if pol is None or not pol.bindings:
-                node_ex.append(NodeExplanation(n.name, pol is not None, pol.etag if pol else "", ()))
+            apol = n.policy
+            if apol is None or not apol.bindings:
+                node_ex.append(NodeExplanation(n.name, apol is not None, apol.etag if apol else "", ()))
                 continue
             bex = []
-            for i, b in enumerate(pol.bindings):
+            for i, b in enumerate(apol.bindings):
                 handle = self._roles.handle(b.role)
                 state = handle.state
                 g = (n.allow or {}).get(b.members[0], [None])[0] if n.allow else None
@@ -431,7 +431,7 @@ class Engine:
                 granted = granted or grants
                 bex.append(BindingExplanation(i, b.role, state, has_perm, b.members, matched,
                                               tuple(ident.chain(matched)) if matched else (), cres, grants))
-            node_ex.append(NodeExplanation(n.name, True, pol.etag, tuple(bex)))
+            node_ex.append(NodeExplanation(n.name, True, apol.etag, tuple(bex)))
         return Explanation(ident.principal, permission, resource, granted and not denied, time,
                            tuple(ancestry), tuple(deny_ex), tuple(node_ex), tuple(notes))
 
@@ -567,7 +567,7 @@ class Engine:
         self._h.gen += 1
         self.revision += 1
 
-    def set_deny_policy(self, attachment: object, policy: Mapping[str, Any] | DenyPolicy, *,
+    def set_deny_policy(self, attachment: object, policy: object, *,
                         field: str = "policy") -> DenyPolicy:
         """Create or replace a deny policy at an attachment point (organization, folder or project).
 
@@ -575,7 +575,8 @@ class Engine:
         URL-encoded), a full resource name, or ``projects/P``.
         """
         node = self._attachment(attachment, f"{field}.attachmentPoint")
-        pol = policy if isinstance(policy, DenyPolicy) else parse_deny_policy(policy, f"{field}.policy")
+        pfield = f"{field}.policy" if field != "policy" else field
+        pol = policy if isinstance(policy, DenyPolicy) else parse_deny_policy(policy, pfield)
         if not pol.name:
             pol = DenyPolicy(f"deny-{len(self._deny.get(node.name, {})) + 1}", pol.rules, pol.display_name,
                              pol.etag, pol.raw)

@@ -206,7 +206,7 @@ class Explanation:
                  "  ancestry: " + " → ".join(self.ancestry)]
         lines.extend(f"  note: {n}" for n in self.notes)
         lines.append("Deny policies (evaluated first):")
-        relevant_deny = [d for d in self.deny_rules if verbose or d.permission_matches or d.principal_match]
+        relevant_deny = [d for d in self.deny_rules if verbose or d.permission_matches]
         if not relevant_deny:
             lines.append("  no deny rule on the ancestry names this permission for this principal")
         for d in relevant_deny:
@@ -215,8 +215,10 @@ class Explanation:
             lines.append(f"      permission {'listed' if d.permission_matches else 'not listed'}"
                          + (" but excepted" if d.permission_excepted else ""))
             if d.principal_match:
-                lines.append(f"      principal matches {d.principal_match}"
-                             + (f" via {' → '.join(d.membership)}" if len(d.membership) > 1 else ""))
+                who = "principalSet://goog/public:all (everyone)" if d.principal_match == "allUsers" \
+                    else d.principal_match
+                path = d.membership if d.principal_match != "allUsers" else ()
+                lines.append(f"      principal matches {who}" + (f" via {' → '.join(path)}" if len(path) > 1 else ""))
             else:
                 lines.append("      principal not listed")
             if d.principal_excepted:

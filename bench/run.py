@@ -68,11 +68,9 @@ def run_child(engine: str, workdir: Path, n_checks: int, budget: float, n_writes
     deadline = time.perf_counter() + budget
     decisions: dict[int, bool] = {}
     # warm-up: one pass over (part of) the query list; its answers are the decisions compared
-    warm = 0
-    for i in idx:
+    for warm, i in enumerate(idx, 1):
         p, perm, r = queries[i]
         decisions[i] = bool(check(eng, p, perm, r))
-        warm += 1
         if warm >= 2000 or (warm & 15 == 0 and time.perf_counter() > deadline - budget * 0.6):
             break
     gc.collect()

@@ -37,7 +37,7 @@ from bench.model import CRM, relative_name, v1_to_v2_permission
 
 SCALES: dict[str, int] = {"small": 1_000, "medium": 100_000, "large": 1_000_000}
 FIXED_TIME = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 6
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_ROLES = REPO.parent / "shared" / "data" / "gcp-iam" / "roles.json"
@@ -256,6 +256,7 @@ class _Gen:
         self.policies: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
         self.n_bindings = 0
         self.n_cond = 0
+        self.n_rules = 0
 
     # --------------------------------------------------------------------- hierarchy
     def _etag(self) -> str:
@@ -336,8 +337,10 @@ class _Gen:
         bucket_i = 0
         for pi, proj in enumerate(self.projects):
             remaining_projects = n_projects - pi
-            k = max(1, round((n_resources - made) / remaining_projects * rng.uniform(0.5, 1.5))) if pi < n_projects - 1 \
-                else max(1, n_resources - made)
+            if pi < n_projects - 1:
+                k = max(1, round((n_resources - made) / remaining_projects * rng.uniform(0.5, 1.5)))
+            else:
+                k = max(1, n_resources - made)
             k = min(k, int(per * 3) + 1)
             pid = self.pid[proj]
             anc = self._ancestors(proj)
@@ -613,6 +616,7 @@ class _Gen:
     def deny(self) -> None:
         rng = self.rng
         self.deny_policies: list[dict[str, Any]] = []
+        self.rule_info: list[tuple[dict[str, Any], str]] = []   # (deny rule, the node whose grant it targets)
         n_folder = max(2, len(self.folders) // 10)
         n_project = max(3, len(self.projects) // 25)
         attach = [ORG, ORG, *rng.sample(self.folders, min(n_folder, len(self.folders))),
@@ -676,9 +680,11 @@ class _Gen:
             rule["deniedPermissions"] = [v1_to_v2_permission(p) for p in denied]
             if len(denied) >= 2 and rng.random() < 0.3:
                 rule["exceptionPermissions"] = [v1_to_v2_permission(denied[-1])]
-            if rng.random() < 0.2:
-                expr = rng.choice(TIME_TRUE if rng.random() < 0.5 else TIME_FALSE)
+            self.n_rules += 1
+            if self.n_rules % 5 in (2, 4):   # every 5th rule has a true, every 5th a false denial condition
+                expr = rng.choice(TIME_TRUE if self.n_rules % 5 == 2 else TIME_FALSE)
                 rule["denialCondition"] = {"title": "time window", "expression": expr}
+            self.rule_info.append((rule, node))
             return rule
         return None
 
@@ -715,8 +721,7 @@ class _Queries:
         if role.startswith(("organizations/", "projects/")):
             yield "custom"
         kinds = {m.split(":", 1)[0] if ":" in m else m for m in b["members"]}
-        for k in kinds:
-            yield k
+        yield from kinds
 
     def depth(self, node: str) -> int:
         d = 0
@@ -812,12 +817,15 @@ class _Queries:
         if cls == "disabled_role":
             return self.from_binding(("disabled",), 0, None)
         if cls in ("deny_override", "deny_exception", "deny_condition_false"):
-            if not g.deny_policies:
+            infos = g.rule_info
+            if cls == "deny_exception":
+                infos = [x for x in infos if x[0].get("exceptionPrincipals") or x[0].get("exceptionPermissions")]
+            elif cls == "deny_condition_false":
+                infos = [x for x in infos if x[0].get("denialCondition")]
+            if not infos:
                 return None
-            dp = rng.choice(g.deny_policies)
-            att = "//" + dp["attachmentPoint"]
-            rule = rng.choice(dp["policy"]["rules"])["denyRule"]
-            target = self.descendant(att, 0)
+            rule, seed = rng.choice(infos)
+            target = self.descendant(seed, 0)
             if target is None:
                 return None
             # a principal the rule names (or excepts), a permission it denies

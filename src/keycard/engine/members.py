@@ -56,11 +56,16 @@ class GroupGraph:
         self._cache: dict[str, Identity] = {}
 
     # ----------------------------------------------------------------------------------- writes
-    def set_members(self, group: str, members: Iterable[str], *, check_cycles: bool = True) -> None:
+    def set_members(self, group: object, members: object, *, check_cycles: bool = True) -> None:
+        if not isinstance(group, str):
+            raise InvalidArgument(f"Invalid group {group!r}: expected a group email.", field="group")
         gkey = names.parse_member(group if group.startswith("group:") else f"group:{group}", "group")
         if not gkey.startswith("group:"):
             raise InvalidArgument(f"Invalid group {group!r}: expected a group email.", field="group")
-        new = tuple(dict.fromkeys(names.parse_member(m, f"groups[{group}][{i}]") for i, m in enumerate(members)))
+        if not isinstance(members, Iterable) or isinstance(members, str | bytes | Mapping):
+            raise InvalidArgument(f"Invalid groups[{gkey[6:]}]: expected a list of members.",
+                                  field=f"groups[{gkey[6:]}]")
+        new = tuple(dict.fromkeys(names.parse_member(m, f"groups[{gkey[6:]}][{i}]") for i, m in enumerate(members)))
         if check_cycles:
             self._reject_cycle(gkey, new)
         for old in self._members.get(gkey, ()):
@@ -73,6 +78,8 @@ class GroupGraph:
         self._cache.clear()
 
     def load(self, groups: Mapping[str, Sequence[str]]) -> None:
+        if not isinstance(groups, Mapping):
+            raise InvalidArgument("Invalid groups: expected an object {group email: [members]}.", field="groups")
         for g, ms in groups.items():
             self.set_members(g, ms, check_cycles=False)
         for g in list(self._members):

@@ -37,7 +37,7 @@ from bench.model import CRM, relative_name, v1_to_v2_permission
 
 SCALES: dict[str, int] = {"small": 1_000, "medium": 100_000, "large": 1_000_000}
 FIXED_TIME = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
-GENERATOR_VERSION = 6
+GENERATOR_VERSION = 7
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_ROLES = REPO.parent / "shared" / "data" / "gcp-iam" / "roles.json"
@@ -247,6 +247,7 @@ class _Gen:
             r["name"]: frozenset(r.get("includedPermissions", ())) for r in cat
             if r.get("stage") != "DISABLED" and not r.get("deleted")}
         self.full_role_names = sorted(r["name"] for r in full_catalog()) if self.full else []
+        self.catalog_names = sorted(self.role_perms)
         self.records: dict[str, dict[str, Any]] = {}
         self.parent: dict[str, str | None] = {}
         self.children: dict[str, list[str]] = {}
@@ -529,6 +530,8 @@ class _Gen:
             return rng.choice([x for x in WEAK_CONTAINER_ROLES if x in self.role_perms])
         if self.full and r < 0.15:
             return rng.choice(self.full_role_names)
+        if r < 0.12:
+            return rng.choice(self.catalog_names)
         while True:
             role = rng.choices(CONTAINER_ROLES, CONTAINER_WEIGHTS)[0]
             if role in self.role_perms:
@@ -583,7 +586,9 @@ class _Gen:
         placed = 0
         for fixed, target, pool in plan:
             c = 0
-            while c < target:
+            tries = 0
+            while c < target and tries < target * 50:
+                tries += 1
                 node = fixed or rng.choice(pool)  # type: ignore[arg-type]
                 if self._random_binding(node):
                     c += 1

@@ -247,7 +247,7 @@ def render(results: dict[str, Any], cmd: str) -> str:
         "- method: one fresh subprocess per engine and scale, pinned to one core (`sched_setaffinity`); load "
         "= from files on disk to a ready engine; a warm-up pass, then single checks timed one by one with "
         "`time.perf_counter_ns` (cycling through the query list); checks/s from a loop without per-check "
-        "timers; batch = the engine's batch call in chunks of 1,000; peak RSS = `ru_maxrss` of that "
+        "timers; batch = the engine's batch call in chunks of up to 1,000; peak RSS = `ru_maxrss` of that "
         "subprocess; write→visible = `set_iam_policy` (or the peer's equivalent) of a policy granting a "
         "new permission, then the next check, timed together. Every engine has a time budget "
         f"({results['args']['budget']:.0f} s for checks, {results['args']['load_budget']:.0f} s for loading).",

@@ -15,7 +15,8 @@ principal with ``unless { <exception principals> }`` and the denial condition; e
 permissions are subtracted from the denied list.
 
 Per request the peer passes only the entities the request needs (the fair, fast way): the
-resource's ancestry, the caller with its groups (transitively), and the action with its roles.
+resource's ancestry, the caller with its groups (transitively), and the action with its roles;
+and only the policies that can apply (policy slicing, see ``CedarEngine``).
 It expresses every case in the workload.
 """
 
@@ -101,28 +102,36 @@ class CedarEngine:
         for node, rules in m.deny.items():
             for r in rules:
                 self.node_texts.setdefault(node, []).extend(deny_policies(node, r))
-        # Policy slicing: one PolicySet per project (its ancestry's policies plus its own
-        # subtree's) and per folder / organization (its ancestry's policies only).
-        self.slice_of: dict[str, str] = {}
-        subtree: dict[str, list[str]] = {}
+        # Policy slicing, two levels so no policy is copied into thousands of sets:
+        # - upper[c] for every folder / the organization c: the policies on c and its ancestors;
+        # - lower[p] for every project p: the policies on p and everything inside it.
+        # A request inside project p is evaluated against upper[parent of p] and lower[p]; one on
+        # a folder / the organization against upper[itself]. The two answers combine by Cedar's
+        # own rule: allowed iff no forbid matched in either and a permit matched in one.
+        self.sets_of: dict[str, tuple[str, ...]] = {}
+        inside: dict[str, list[str]] = {}
         for n in m.parent:
-            if m.atype.get(n) in _CONTAINERS:
-                self.slice_of[n] = n
-                subtree.setdefault(n, [])
+            t = m.atype.get(n)
+            if t in _CONTAINERS and t != _PROJECT:
+                self.sets_of[n] = ("U:" + n,)
                 continue
-            cur = m.parent.get(n)
-            while cur is not None and m.atype.get(cur) != _PROJECT:
-                cur = m.parent.get(cur)
-            key = cur or n
-            self.slice_of[n] = key
-            subtree.setdefault(key, []).append(n)
-        self.slices: dict[str, Any] = {}
+            proj: str | None = n
+            while proj is not None and m.atype.get(proj) != _PROJECT:
+                proj = m.parent.get(proj)
+            if proj is None:   # not under a project: treat like a container
+                self.sets_of[n] = ("U:" + n,)
+                continue
+            inside.setdefault(proj, []).append(n)
+            up = m.parent.get(proj)
+            self.sets_of[n] = ("L:" + proj,) if up is None else ("U:" + up, "L:" + proj)
+        self.sets: dict[str, Any] = {}
         self.n_policies = 0
-        for key, nodes in subtree.items():
-            texts = [t for a in m.chain(key) for t in self.node_texts.get(a, ())]
-            texts += [t for n in nodes for t in self.node_texts.get(n, ())]
-            self.n_policies += len(texts)
-            self.slices[key] = cedarpy.PolicySet.from_str("\n".join(texts))
+        for n in m.parent:
+            t = m.atype.get(n)
+            if t in _CONTAINERS and t != _PROJECT:
+                self._make("U:" + n, [x for a in m.chain(n) for x in self.node_texts.get(a, ())])
+        for proj, nodes in inside.items():
+            self._make("L:" + proj, [x for a in nodes for x in self.node_texts.get(a, ())])
         # per-node, per-group and per-permission entity fragments, serialized once
         self.node_frag = {n: _entity("R", n, [("R", p)] if (p := m.parent.get(n)) else [],
                                      {"name": m.relname[n]}) for n in m.parent}
@@ -137,6 +146,10 @@ class CedarEngine:
         assert m.time is not None
         self.context = json.dumps({"now": {"__extn": {"fn": "datetime",
                                                       "arg": m.time.strftime("%Y-%m-%dT%H:%M:%SZ")}}})
+
+    def _make(self, key: str, texts: list[str]) -> None:
+        self.n_policies += len(texts)
+        self.sets[key] = cedarpy.PolicySet.from_str("\n".join(texts))
 
     def _action(self, perm: str) -> str:
         f = self.action_frag.get(perm)
@@ -170,30 +183,44 @@ class CedarEngine:
                 "resource": {"type": "R", "id": resource}, "context": self.context}
 
     def check(self, principal: str, permission: str, resource: str) -> bool:
-        principal = principal.lower() if principal.startswith("user:") else principal
         frags: dict[str, str] = {}
         self._slices(principal, permission, resource, frags)
         ents = "[" + ",".join(frags.values()) + "]"
-        return cedarpy.is_authorized(self.request(principal, permission, resource),
-                                     self.slices[self.slice_of[resource]], ents).allowed
+        req = self.request(principal, permission, resource)
+        keys = self.sets_of[resource]
+        if len(keys) == 1:
+            return cedarpy.is_authorized(req, self.sets[keys[0]], ents).allowed
+        handle = cedarpy.Entities.from_json_str(ents)
+        permit = False
+        for k in keys:
+            r = cedarpy.is_authorized(req, self.sets[k], handle)
+            if r.allowed:
+                permit = True
+            elif r.diagnostics.reasons:   # denied with determining policies: a forbid matched
+                return False
+        return permit
 
     def check_batch(self, queries: list[tuple[str, str, str]]) -> list[bool]:
-        """One is_authorized_batch call per policy slice, entities the union of the slices."""
+        """One is_authorized_batch call per policy set, entities the union of the slices."""
         groups: dict[str, list[int]] = {}
-        for i, q in enumerate(queries):
-            groups.setdefault(self.slice_of[q[2]], []).append(i)
-        out = [False] * len(queries)
+        frags: dict[str, str] = {}
+        reqs = []
+        for i, (p, perm, res) in enumerate(queries):
+            self._slices(p, perm, res, frags)
+            reqs.append(self.request(p, perm, res))
+            for k in self.sets_of[res]:
+                groups.setdefault(k, []).append(i)
+        handle = cedarpy.Entities.from_json_str("[" + ",".join(frags.values()) + "]")
+        permit = [False] * len(queries)
+        forbid = [False] * len(queries)
         for key, idx in groups.items():
-            frags: dict[str, str] = {}
-            reqs = []
-            for i in idx:
-                p, perm, res = queries[i]
-                self._slices(p, perm, res, frags)
-                reqs.append(self.request(p, perm, res))
-            ents = "[" + ",".join(frags.values()) + "]"
-            for i, r in zip(idx, cedarpy.is_authorized_batch(reqs, self.slices[key], ents), strict=True):
-                out[i] = r.allowed
-        return out
+            for i, r in zip(idx, cedarpy.is_authorized_batch([reqs[i] for i in idx], self.sets[key], handle),
+                            strict=True):
+                if r.allowed:
+                    permit[i] = True
+                elif r.diagnostics.reasons:
+                    forbid[i] = True
+        return [a and not f for a, f in zip(permit, forbid, strict=True)]
 
 
 def build(wl: Any) -> CedarEngine:
@@ -235,9 +262,10 @@ def write(engine: CedarEngine, resource: str, policy: dict[str, Any]) -> None:
         return
     engine.node_texts.setdefault(resource, []).extend(frag)
     text = "\n".join(frag)
-    key = engine.slice_of[resource]
-    engine.slices[key] = engine.slices[key].with_added_str(text)
-    if engine.m.atype.get(resource) in _CONTAINERS:   # every slice below a folder / the org
-        for k in engine.slices:
-            if k != key and resource in engine.m.chain(k):
-                engine.slices[k] = engine.slices[k].with_added_str(text)
+    t = engine.m.atype.get(resource)
+    if t in _CONTAINERS and t != _PROJECT:   # every upper set at or below this folder / the org
+        keys = [k for k in engine.sets if k.startswith("U:") and resource in engine.m.chain(k[2:])]
+    else:
+        keys = [engine.sets_of[resource][-1]]
+    for k in keys:
+        engine.sets[k] = engine.sets[k].with_added_str(text)

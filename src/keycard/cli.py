@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -135,6 +136,84 @@ def find_roles(permissions: Annotated[list[str], typer.Argument(help="permission
     for r in found:
         table.add_row(r.name, r.title, str(len(r.permissions)))
     console.print(table)
+
+
+DatabaseOpt = Annotated[str | None, typer.Option("--database", help="sqlite:///PATH or postgresql://... "
+                                                 "(default: SQLite under --data-dir)")]
+DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="Where the embedded SQLite database lives.")]
+
+
+def _database(database: str | None, data_dir: Path) -> str:
+    from keycard.server import default_database
+    return database or os.environ.get("KEYCARD_DATABASE") or default_database(data_dir)
+
+
+@app.command()
+def init(organization_domain: Annotated[str, typer.Option(help="The organization's domain, e.g. example.com")],
+         admin: Annotated[list[str], typer.Option(help="First administrator, e.g. user:alice@example.com")],
+         database: DatabaseOpt = None, data_dir: DataDirOpt = Path(".keycard"),
+         fmt: FormatOpt = Format.table) -> None:
+    """Bootstrap an installation: organization, signing key, administrators. Idempotent."""
+    from keycard.server import ADMIN_ROLES, init_installation
+    from keycard.store.sql import open_store
+    store = open_store(_database(database, data_dir))
+    try:
+        inst = init_installation(store, domain=organization_domain, admins=admin)
+    finally:
+        store.close()
+    data = {"organization": inst.organization.split("/", 3)[3], "domain": inst.domain,
+            "directoryCustomerId": inst.customer_id, "admins": list(inst.admins), "adminRoles": list(ADMIN_ROLES),
+            "created": inst.created}
+    if fmt is not Format.table:
+        _emit(data, fmt)
+        return
+    verb = "Created" if inst.created else "Already initialised:"
+    console.print(f"{verb} {data['organization']} ({inst.domain}); administrators {', '.join(inst.admins)} "
+                  f"hold {', '.join(ADMIN_ROLES)} on it.", highlight=False)
+
+
+@app.command()
+def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
+          database: DatabaseOpt = None, data_dir: DataDirOpt = Path(".keycard"),
+          enforcement: Annotated[str, typer.Option(help="enforce, or dry-run (allow, but record would-be "
+                                                   "denials)")] = "enforce",
+          log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning") -> None:
+    """Run the keycard server (Google's REST APIs at Google's paths)."""
+    import uvicorn
+
+    from keycard.http.app import create_app
+    from keycard.server import open_services
+    if enforcement not in ("enforce", "dry-run"):
+        raise KeycardError(f"Invalid --enforcement {enforcement!r}: use enforce or dry-run.")
+    url = _database(database, data_dir)
+    services, keys, _store = open_services(url, enforcement=enforcement)
+    if services.organization is None:
+        raise KeycardError("This database has no installation yet: run `keycard init --organization-domain "
+                           "example.com --admin user:you@example.com` first.")
+    if enforcement != "enforce":
+        err.print(f"[yellow]WARNING:[/] enforcement is {enforcement}: every request is allowed; would-be denials "
+                  "are recorded in the audit log and the X-Keycard-Would-Deny header.", highlight=False)
+    services.runtime.start_following()
+    application = create_app(services, keys, base_url=f"http://{host}:{port}")
+    err.print(f"keycard serving {services.organization.split('/', 3)[3]} on http://{host}:{port} "
+              f"({url.split('://')[0]}, revision {services.runtime.applied})", highlight=False)
+    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
+
+
+auth_app = typer.Typer(help="Credentials for talking to a keycard server.", no_args_is_help=True)
+app.add_typer(auth_app, name="auth")
+
+
+@auth_app.command("print-access-token")
+def print_access_token(user: Annotated[str, typer.Option(help="The user, e.g. alice@example.com")],
+                       database: DatabaseOpt = None, data_dir: DataDirOpt = Path(".keycard"),
+                       lifetime: Annotated[int, typer.Option(help="Seconds, at most 3600")] = 3600) -> None:
+    """Mint a short-lived user token with the server's key (run on the server's host)."""
+    from keycard.server import mint_local_token
+    if not 60 <= lifetime <= 3600:
+        raise KeycardError("Invalid --lifetime: between 60 and 3600 seconds.")
+    sys.stdout.write(mint_local_token(_database(database, data_dir), user, lifetime=lifetime) + "\n")
 
 
 def main() -> None:

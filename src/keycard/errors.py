@@ -6,7 +6,10 @@
     ├── NotFound                     404 NOT_FOUND
     ├── AlreadyExists                409 ALREADY_EXISTS
     ├── Aborted                      409 ABORTED (stale etag)
-    └── PermissionDenied             403 PERMISSION_DENIED
+    ├── PermissionDenied             403 PERMISSION_DENIED
+    ├── Unauthenticated              401 UNAUTHENTICATED
+    ├── ResourceExhausted            429 RESOURCE_EXHAUSTED
+    └── Unavailable                  503 UNAVAILABLE
 
 Every parser and the engine raise only these. ``InvalidArgument`` is *the*
 documented exception for bad input: malformed names, unknown roles, invalid
@@ -26,6 +29,9 @@ __all__ = [
     "KeycardError",
     "NotFound",
     "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
 ]
 
 
@@ -92,3 +98,18 @@ class Aborted(KeycardError):
 class PermissionDenied(KeycardError):
     http_status = 403
     status = "PERMISSION_DENIED"
+
+
+class Unauthenticated(KeycardError):
+    http_status = 401
+    status = "UNAUTHENTICATED"
+
+
+class ResourceExhausted(KeycardError):
+    http_status = 429
+    status = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(KeycardError):
+    http_status = 503
+    status = "UNAVAILABLE"

@@ -515,6 +515,27 @@ class Engine:
         self.revision += 1
         return pol
 
+    def check_with_policy(self, principal: str | None, permission: str, resource: str, *, at: str,
+                          policy: AllowPolicy, time: dt.datetime | None = None) -> bool:
+        """Would ``principal`` hold ``permission`` on ``resource`` if ``at`` had ``policy``? (what-if)"""
+        ident = self._groups.identity(principal)
+        target = self._lookup(names.parse_resource(at).full)
+        _, chain = self._resolve(resource)
+        if self._h.deny_nodes:
+            for n in chain:
+                if n.deny is not None and self._deny_on(n, ident, permission, resource, time)[0] is not None:
+                    return False
+        pending: list[tuple[Grant, str]] = []
+        for n in chain:
+            allow = self._h.compile(n, policy) if n is target else n.allow
+            if not allow:
+                continue
+            for k in ident.keys:
+                for g in allow.get(k, ()):
+                    if permission in g.role.perms:
+                        pending.append((g, k))
+        return bool(pending) and self._check_pending(ident, permission, resource, time, pending).allowed
+
     def get_iam_policy(self, resource: str) -> AllowPolicy | None:
         node = self._lookup(names.parse_resource(resource).full)
         return node.policy if node is not None else None
@@ -532,6 +553,24 @@ class Engine:
                     raise InvalidArgument(f"Invalid {fld}.bindings[{i}].role: custom role {b.role} can only be "
                                           f"granted inside {handle.scope[len('//' + names.CRM) + 1:]}.",
                                           field=f"{fld}.bindings[{i}].role", reason="ROLE_OUT_OF_SCOPE")
+
+    def set_project_id(self, project: str, project_id: str) -> None:
+        """Make ``projects/PROJECT_ID`` name the project whose canonical name is ``project`` (by number)."""
+        rn = names.parse_resource(project, "project")
+        number = rn.relative.split("/", 1)[1]
+        names.parse_resource(f"projects/{project_id}", "projectId")
+        h = self._h
+        h.aliases[f"//{names.CRM}/projects/{project_id}"] = rn.full
+        h.project_alias[project_id] = number
+        h.project_alias[number] = project_id
+        self._virtual.clear()
+        h.gen += 1
+
+    def canonical_name(self, resource: str) -> str:
+        """The name the hierarchy stores ``resource`` under (project numbers for projects)."""
+        rn = names.parse_resource(resource)
+        node = self._lookup(rn.full)
+        return node.name if node is not None else rn.full
 
     def add_resource(self, resource: str, parent: str | None = None) -> None:
         """Add a resource (or move it, if it exists) under ``parent`` (default: derived from its name)."""

@@ -158,6 +158,13 @@ class Hierarchy:
             node.policy = policy
             node.allow = None
             return
+        index = self.compile(node, policy)
+        node.policy = policy
+        node.allow = index          # one reference swap: readers see the old or the new index
+        self.binding_count += len(policy.bindings)
+
+    def compile(self, node: Node, policy: AllowPolicy) -> dict[str, list[Grant]]:
+        """member key → the grants of the bindings that name it."""
         index: dict[str, list[Grant]] = {}
         for i, b in enumerate(policy.bindings):
             g = Grant(node, i, b, self.roles.handle(b.role))
@@ -167,9 +174,7 @@ class Hierarchy:
                     index[m] = [g]
                 else:
                     lst.append(g)
-        node.policy = policy
-        node.allow = index          # one reference swap: readers see the old or the new index
-        self.binding_count += len(policy.bindings)
+        return index
 
     def set_deny(self, node: Node, policies: dict[str, DenyPolicy]) -> None:
         had = node.deny is not None

@@ -128,7 +128,8 @@ class Store(Protocol):
     def append_audit(self, entries: Sequence[Mapping[str, Any]]) -> None:
         """Append read (Data Access) audit entries outside any commit."""
 
-    def audit(self, *, since_seq: int = 0, limit: int = 1000, newest_first: bool = False) -> builtins.list[AuditEntry]: ...
+    def audit(self, *, since_seq: int = 0, limit: int = 1000,
+              newest_first: bool = False) -> builtins.list[AuditEntry]: ...
 
     def verify_audit(self) -> tuple[bool, int | None, str]:
         """Recompute the hash chain: (ok, first broken seq or None, message)."""

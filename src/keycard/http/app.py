@@ -1,0 +1,179 @@
+"""The ASGI app: route → authenticate → service → serialize, with Google's error shape.
+
+Thin by design: a route handler parses its path, query and body, calls one service function and
+returns JSON. Every KeycardError becomes Google's JSON error with its HTTP status; anything else
+becomes a 500 with no traceback in the response (the log has it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route as StarletteRoute
+
+from keycard.errors import InvalidArgument, KeycardError, NotFound, Unauthenticated
+from keycard.http.routing import Router
+from keycard.identity.tokens import KeySet
+from keycard.services.common import Caller, Services
+
+__all__ = ["App", "RequestContext", "create_app"]
+
+log = logging.getLogger("keycard.http")
+MAX_BODY = 4 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request: Request
+    caller: Caller
+    query: Mapping[str, str]
+    body: Any
+    headers: Mapping[str, str]
+    response_headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class App:
+    services: Services
+    keys: Callable[[], KeySet]
+    router: Router
+    registry: CollectorRegistry
+    base_url: str = ""
+
+
+def _error(e: KeycardError, domain: str) -> JSONResponse:
+    headers = {}
+    if isinstance(e, Unauthenticated):
+        headers["WWW-Authenticate"] = 'Bearer realm="keycard", error="invalid_token"'
+    return JSONResponse(e.to_json(domain), status_code=e.http_status, headers=headers)
+
+
+def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str = "") -> Starlette:
+    from keycard.http import routes
+
+    router = Router()
+    routes.register(router)
+    registry = CollectorRegistry()
+    requests_total = Counter("keycard_requests", "HTTP requests", ["method", "route", "code"], registry=registry)
+    latency = Histogram("keycard_request_seconds", "Request latency", ["method", "route"], registry=registry,
+                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+    decisions = Counter("keycard_decisions", "Authorization decisions", ["outcome"], registry=registry)
+    app_state = App(services, keys, router, registry, base_url)
+
+    async def dispatch(request: Request) -> Response:
+        started = time.perf_counter()
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        path = raw_path.decode("latin-1").split("?", 1)[0]
+        route, params, other_method = router.match(request.method, path)
+        label = route.operation_id if route else "unmatched"
+        domain = "googleapis.com"
+        caller = Caller(None)
+        try:
+            if route is None:
+                if other_method:
+                    raise NotFound(f"Method {request.method} is not supported on {path}.", reason="METHOD_NOT_FOUND")
+                raise NotFound(f"No API method at {request.method} {path}.", reason="METHOD_NOT_FOUND")
+            domain = route.operation_id.split(".")[0] + ".googleapis.com"
+            token = request.headers.get("x-keycard-revision")
+            if token:
+                try:
+                    wanted = int(token)
+                except ValueError:
+                    raise InvalidArgument("Invalid X-Keycard-Revision header: expected the integer revision a write "
+                                          "returned.", field="X-Keycard-Revision") from None
+                await run_in_threadpool(services.runtime.ensure, wanted)
+            if not route.public:
+                caller.principal = _authenticate(app_state, request)
+            body: Any = None
+            if request.method in ("POST", "PUT", "PATCH"):
+                raw = await request.body()
+                if len(raw) > MAX_BODY:
+                    raise InvalidArgument(f"Request body of {len(raw)} bytes is over the {MAX_BODY} byte limit.",
+                                          field="body")
+                if raw.strip():
+                    try:
+                        body = json.loads(raw)
+                    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                        raise InvalidArgument(f"Invalid JSON payload received: {e}.", field="body") from None
+                else:
+                    body = {}
+            ctx = RequestContext(request, caller, dict(request.query_params), body, request.headers)
+            result = await run_in_threadpool(route.handler, app_state, ctx, **params)
+            response: Response
+            if isinstance(result, Response):
+                response = result
+            else:
+                response = JSONResponse(result if result is not None else {})
+            response.headers.update(ctx.response_headers)
+            code = response.status_code
+        except KeycardError as e:
+            response = _error(e, domain)
+            code = response.status_code
+        except Exception:
+            log.exception("internal error on %s %s", request.method, path)
+            response = JSONResponse({"error": {"code": 500, "message": "Internal error; the server log has details.",
+                                               "status": "INTERNAL"}}, status_code=500)
+            code = 500
+        revision = caller.revision if caller.revision is not None else services.runtime.applied
+        response.headers["X-Keycard-Revision"] = str(revision)
+        if caller.would_deny:
+            response.headers["X-Keycard-Would-Deny"] = "; ".join(caller.would_deny)[:2000]
+        for a in caller.authorizations:
+            decisions.labels("granted" if a["granted"] else "denied").inc()
+        requests_total.labels(request.method, label, str(code)).inc()
+        latency.labels(request.method, label).observe(time.perf_counter() - started)
+        return response
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            head = await run_in_threadpool(services.runtime.store.head)
+        except Exception:
+            return JSONResponse({"status": "store unavailable"}, status_code=503)
+        lag = head - services.runtime.applied
+        return JSONResponse({"status": "ok" if lag < 1000 else "catching up", "revision": services.runtime.applied,
+                             "storeRevision": head}, status_code=200 if lag < 1000 else 503)
+
+    async def openapi(request: Request) -> Response:
+        from keycard.http.openapi import build_openapi
+        return JSONResponse(build_openapi(router))
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    app = Starlette(routes=[
+        StarletteRoute("/metrics", metrics, methods=["GET"]),
+        StarletteRoute("/healthz", healthz, methods=["GET"]),
+        StarletteRoute("/readyz", readyz, methods=["GET"]),
+        StarletteRoute("/openapi.json", openapi, methods=["GET"]),
+        StarletteRoute("/{path:path}", dispatch, methods=methods),
+    ])
+    app.state.keycard = app_state
+    return app
+
+
+def _authenticate(app: App, request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise Unauthenticated("Request is missing required authentication credential. Expected an OAuth 2 access "
+                              "token: `Authorization: Bearer $(keycard auth print-access-token --user EMAIL)`.",
+                              reason="CREDENTIALS_MISSING")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("Request had invalid authentication credentials. Expected 'Authorization: Bearer "
+                              "TOKEN'.", reason="ACCESS_TOKEN_TYPE_UNSUPPORTED")
+    at = app.keys().verify(token.strip(), now=app.services.clock())
+    return at.principal

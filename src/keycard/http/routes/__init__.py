@@ -1,0 +1,19 @@
+"""Every API's routes, registered on one router."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keycard.http.routing import Route, Router
+
+
+def register(router: Router) -> None:
+    from keycard.http.routes import resourcemanager
+
+    resourcemanager.register(router)
+
+    def jwks(app: Any, ctx: Any) -> Any:
+        return app.keys().jwks()
+
+    router.add(Route("GET", "/.well-known/jwks.json", jwks, "keycard.jwks", public=True,
+                     summary="The server's token-signing public keys (JWKS)."))

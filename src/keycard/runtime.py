@@ -1,0 +1,189 @@
+"""The in-memory engine kept current from the store's change feed.
+
+At start-up every record is scanned into a fresh Engine; after that the runtime applies the
+store's changes in revision order. A write on this replica catches up before it answers, so
+the very next request sees it; a follower thread applies other replicas' writes, woken by the
+store's ``wait`` (LISTEN/NOTIFY on PostgreSQL). ``ensure(revision)`` blocks a request that
+carries a consistency token until this replica has applied at least that revision.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+import time as _time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from keycard.engine.engine import Engine
+from keycard.errors import InvalidArgument, KeycardError, Unavailable
+from keycard.store.base import Change, Record, Store
+
+__all__ = ["KINDS", "Runtime", "etag_for", "revision_from_etag"]
+
+log = logging.getLogger("keycard.runtime")
+
+# kinds of records the engine mirrors
+KINDS = ("resource", "iam_policy", "role", "group", "deny_policy")
+
+
+def etag_for(revision: int) -> str:
+    """Canonical padded standard base64 (GAPIC round-trips these unchanged)."""
+    return base64.b64encode(b"kc" + revision.to_bytes(8, "big")).decode()
+
+
+def revision_from_etag(etag: str, field: str = "etag") -> int:
+    try:
+        raw = base64.b64decode(etag, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"Invalid {field} {etag!r}: not an etag this server issued; read the resource "
+                              "again and send its etag.", field=field) from None
+    if len(raw) != 10 or not raw.startswith(b"kc"):
+        raise InvalidArgument(f"Invalid {field} {etag!r}: not an etag this server issued; read the resource "
+                              "again and send its etag.", field=field)
+    return int.from_bytes(raw[2:], "big")
+
+
+class Runtime:
+    def __init__(self, store: Store, *, clock: Callable[[], Any] | None = None) -> None:
+        self.store = store
+        self.engine = Engine(clock=clock)
+        self.applied = 0
+        self._apply_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._follower: threading.Thread | None = None
+
+    # -------------------------------------------------------------------------------- loading
+    def bootstrap(self) -> None:
+        head = self.store.head()
+        records = list(self.store.scan(KINDS))
+        order = {"role": 0, "resource": 1, "group": 2, "iam_policy": 3, "deny_policy": 4}
+        resources = [r for r in records if r.kind == "resource"]
+        with self._apply_lock:
+            for r in sorted((r for r in records if r.kind == "role"), key=lambda r: r.name):
+                self._apply_record(r)
+            # parents before children
+            by_name = {r.name: r for r in resources}
+            done: set[str] = set()
+
+            def add(r: Record) -> None:
+                if r.name in done:
+                    return
+                done.add(r.name)
+                if r.parent and r.parent in by_name:
+                    add(by_name[r.parent])
+                self._apply_record(r)
+            for r in resources:
+                add(r)
+            for r in sorted((r for r in records if r.kind not in ("role", "resource")),
+                            key=lambda r: order.get(r.kind, 9)):
+                self._apply_record(r)
+            self.applied = head
+        self.catch_up()
+
+    def catch_up(self) -> int:
+        """Apply every committed change not yet applied; return the applied revision."""
+        with self._apply_lock:
+            while True:
+                changes = self.store.changes(self.applied, limit=5000)
+                if not changes:
+                    return self.applied
+                for ch in changes:
+                    self._apply_change(ch)
+                    self.applied = ch.revision
+
+    def ensure(self, revision: int, timeout: float = 5.0) -> None:
+        """Block until this replica has applied ``revision`` (a consistency token)."""
+        deadline = _time.monotonic() + timeout
+        while self.applied < revision:
+            self.catch_up()
+            if self.applied >= revision:
+                return
+            left = deadline - _time.monotonic()
+            if left <= 0:
+                raise Unavailable(f"This replica has not yet caught up to revision {revision} "
+                                  f"(at {self.applied}); retry.", reason="REVISION_NOT_YET_VISIBLE")
+            self.store.wait(self.applied, min(left, 0.5))
+
+    def start_following(self) -> None:
+        if self._follower is not None:
+            return
+        self._stop.clear()
+        self._follower = threading.Thread(target=self._follow, name="keycard-follower", daemon=True)
+        self._follower.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._follower is not None:
+            self._follower.join(timeout=2)
+            self._follower = None
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.store.wait(self.applied, 0.5)
+                self.catch_up()
+            except Exception:  # keep following; the next wake-up retries
+                log.exception("change-feed follower failed; retrying")
+                _time.sleep(0.2)
+
+    # -------------------------------------------------------------------------------- applying
+    def _apply_change(self, ch: Change) -> None:
+        if ch.kind not in KINDS:
+            return
+        if ch.op == "delete" or ch.record is None:
+            self._apply_delete(ch.kind, ch.name)
+        else:
+            self._apply_record(ch.record)
+
+    def _apply_record(self, r: Record) -> None:
+        e = self.engine
+        d: Mapping[str, Any] = r.data
+        try:
+            if r.kind == "resource":
+                e.add_resource(r.name, r.parent)
+                pid = d.get("projectId")
+                if isinstance(pid, str) and r.name.startswith("//cloudresourcemanager.googleapis.com/projects/"):
+                    e.set_project_id(r.name, pid)
+            elif r.kind == "iam_policy":
+                e.set_iam_policy(r.name, _strip_etag(d), unknown_roles="ignore")
+            elif r.kind == "role":
+                e.put_role({**_role_json(d), "deleted": bool(d.get("deleted")) or r.deleted})
+            elif r.kind == "group":
+                email = str(d.get("groupKey", {}).get("id", ""))
+                members = [] if r.deleted else [str(m) for m in d.get("keycardMembers", [])]
+                if email:
+                    e.set_group_members(email, members)
+            elif r.kind == "deny_policy":
+                if r.deleted:
+                    self._apply_delete(r.kind, r.name)
+                else:
+                    e.set_deny_policy(str(d["attachmentPoint"]), {**d, "name": r.name})
+        except KeycardError:
+            # A record the engine cannot take (written by a newer version?) must not stop the feed.
+            log.exception("cannot apply %s %s at revision %s", r.kind, r.name, r.revision)
+
+    def _apply_delete(self, kind: str, name: str) -> None:
+        e = self.engine
+        try:
+            if kind == "resource":
+                e.remove_resource(name)
+            elif kind == "iam_policy":
+                e.set_iam_policy(name, {"bindings": []}, unknown_roles="ignore")
+            elif kind == "deny_policy":
+                attachment = name.split("/denypolicies/")[0][len("policies/"):]
+                for p in e.deny_policies(attachment):
+                    if p.name == name:
+                        e.delete_deny_policy(attachment, name)
+        except KeycardError:
+            log.exception("cannot apply deletion of %s %s", kind, name)
+
+
+def _strip_etag(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != "etag"}
+
+
+def _role_json(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: d[k] for k in ("name", "title", "description", "stage", "includedPermissions") if k in d}

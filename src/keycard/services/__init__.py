@@ -1,0 +1,1 @@
+"""Pure service logic behind keycard's Google-compatible APIs."""

@@ -1,0 +1,136 @@
+"""What every service needs: the caller, authorization by keycard's own IAM, audit entries, commits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from keycard import names
+from keycard.errors import PermissionDenied
+from keycard.runtime import Runtime
+from keycard.store.base import Delete, Expect, Put
+
+__all__ = ["Caller", "Services", "rfc3339"]
+
+
+def rfc3339(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(slots=True)
+class Caller:
+    """The authenticated principal of one request (None: unauthenticated) and what it saw."""
+
+    principal: str | None
+    authorizations: list[dict[str, Any]] = field(default_factory=list)
+    would_deny: list[str] = field(default_factory=list)
+    revision: int | None = None           # set by a write: the consistency token to return
+
+    @property
+    def email(self) -> str:
+        if self.principal is None:
+            return ""
+        return names.member_email(self.principal) or self.principal
+
+
+@dataclass(slots=True)
+class Services:
+    runtime: Runtime
+    clock: Callable[[], dt.datetime]
+    enforcement: str = "enforce"               # or "dry-run"
+    organization: str | None = None            # full name of the installation's organization
+
+    # ------------------------------------------------------------------------- authorization
+    def authorize(self, caller: Caller, permission: str, resource: str, *, service: str,
+                  shown: str | None = None) -> None:
+        """Check ``permission`` on ``resource`` (full name) for the caller; 403 unless granted.
+
+        The check comes before any existence check, so a caller without the permission learns
+        nothing about whether the resource exists.
+        ``shown``: the full name as the caller wrote it (a project id stays an id), so the answer
+        never reveals what it resolved to.
+        """
+        d = self.runtime.engine.check(caller.principal, permission, resource, time=self.clock())
+        named = shown or resource
+        target = _relative(named)
+        caller.authorizations.append({"resource": target, "permission": permission, "granted": d.allowed})
+        if d.allowed:
+            return
+        if self.enforcement == "dry-run":
+            caller.would_deny.append(f"{permission} on {target}")
+            return
+        raise PermissionDenied(
+            f"Permission '{permission}' denied on resource '{named}' (or it may not exist).",
+            reason="IAM_PERMISSION_DENIED", metadata={"permission": permission, "resource": target,
+                                                      "domain": service})
+
+    def allowed(self, caller: Caller, permission: str, resource: str) -> bool:
+        return self.runtime.engine.check(caller.principal, permission, resource, time=self.clock()).allowed
+
+    # --------------------------------------------------------------------------------- writes
+    def commit(self, caller: Caller, *, puts: Sequence[Put] = (), deletes: Sequence[Delete] = (),
+               expect: Sequence[Expect] = (), method: str, service: str, resource_name: str,
+               request: Mapping[str, Any] | None = None, response: Mapping[str, Any] | None = None,
+               service_data: Mapping[str, Any] | None = None) -> int:
+        """One transaction: the writes and their Admin Activity audit entry; then the engine catches up."""
+        entry = self.audit_entry(caller, method=method, service=service, resource_name=resource_name,
+                                 request=request, response=response, service_data=service_data,
+                                 log="activity")
+        revision = self.runtime.store.commit(puts, deletes, expect=expect, audit=[entry])
+        self.runtime.catch_up()
+        caller.revision = revision
+        return revision
+
+    def audit_entry(self, caller: Caller, *, method: str, service: str, resource_name: str,
+                    request: Mapping[str, Any] | None, response: Mapping[str, Any] | None,
+                    service_data: Mapping[str, Any] | None, log: str) -> dict[str, Any]:
+        now = self.clock()
+        org = (self.organization or "").split("/")[-2:]
+        parent = "/".join(org) if len(org) == 2 else "organizations/0"
+        payload: dict[str, Any] = {
+            "@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+            "authenticationInfo": {"principalEmail": caller.email} if caller.principal else {},
+            "authorizationInfo": list(caller.authorizations),
+            "methodName": method,
+            "serviceName": service,
+            "resourceName": resource_name,
+        }
+        if request is not None:
+            payload["request"] = redact(request)
+        if response is not None:
+            payload["response"] = redact(response)
+        if service_data is not None:
+            payload["serviceData"] = dict(service_data)
+        entry: dict[str, Any] = {
+            "logName": f"{parent}/logs/cloudaudit.googleapis.com%2F{log}",
+            "insertId": secrets.token_hex(8),
+            "timestamp": rfc3339(now),
+            "severity": "NOTICE" if log == "activity" else "INFO",
+            "protoPayload": payload,
+        }
+        if self.enforcement != "enforce":
+            entry["labels"] = {"keycard.dev/enforcement": self.enforcement}
+            if caller.would_deny:
+                entry["labels"]["keycard.dev/would-deny"] = "; ".join(caller.would_deny)
+        return entry
+
+
+_SECRET_KEYS = {"privateKeyData", "private_key", "privateKey", "access_token", "accessToken", "assertion",
+                "client_secret", "subject_token", "subjectToken", "id_token", "idToken", "password", "token",
+                "signedJwt", "signedBlob"}
+
+
+def redact(value: Any) -> Any:
+    """Copy of a request/response with secrets replaced, for audit records and logs."""
+    if isinstance(value, Mapping):
+        return {k: ("[REDACTED]" if k in _SECRET_KEYS else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def _relative(full: str) -> str:
+    return full.split("/", 3)[3] if full.startswith("//") else full

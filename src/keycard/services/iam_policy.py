@@ -1,0 +1,208 @@
+"""getIamPolicy / setIamPolicy / testIamPermissions, the same for every resource type.
+
+Semantics (Google's, plus one safety net):
+- setIamPolicy replaces the policy; ``updateMask`` (default ``bindings,etag``) limits what changes;
+- an ``etag`` that is not the current one → 409 ABORTED, nothing written; no etag → overwrite;
+- conditions require version 3; getIamPolicy with requestedPolicyVersion 1 on a policy with
+  conditions is refused (400) instead of silently dropping them;
+- Google's limits: 1,500 principals per policy (every member of every binding counts), of which
+  250 may be groups or domains, 12 logical operators per condition; answered with 400 naming
+  the limit and the counts;
+- safer than Google: a write that would take away the caller's own setIamPolicy on the resource
+  is refused unless the request says it means it (``X-Keycard-Allow-Lockout: true``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from keycard import names
+from keycard.engine.conditions import MAX_LOGIC_OPERATORS
+from keycard.engine.model import AllowPolicy, parse_allow_policy
+from keycard.errors import Aborted, FailedPrecondition, InvalidArgument
+from keycard.runtime import etag_for, revision_from_etag
+from keycard.services.common import Caller, Services
+from keycard.store.base import Expect, Put
+
+__all__ = ["get_iam_policy", "policy_delta", "set_iam_policy", "test_iam_permissions"]
+
+MAX_PRINCIPALS = 1500
+MAX_GROUPS_DOMAINS = 250
+MASKABLE = {"bindings", "etag", "auditConfigs", "audit_configs", "version"}
+
+
+def _stored(svc: Services, resource: str) -> tuple[dict[str, Any], int]:
+    rec = svc.runtime.store.get("iam_policy", resource)
+    if rec is None:
+        return {"version": 1}, 0
+    return dict(rec.data), rec.revision
+
+
+def _present(policy: Mapping[str, Any], revision: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"version": policy.get("version", 1)}
+    if policy.get("bindings"):
+        out["bindings"] = policy["bindings"]
+    if policy.get("auditConfigs"):
+        out["auditConfigs"] = policy["auditConfigs"]
+    out["etag"] = etag_for(revision)
+    return out
+
+
+def requested_version(value: object, field: str = "options.requestedPolicyVersion") -> int:
+    if value in (None, ""):
+        return 0
+    try:
+        v = int(str(value))
+    except ValueError:
+        v = -1
+    if v not in (0, 1, 3):
+        raise InvalidArgument(f"Invalid {field} {value!r}: use 1 or 3.", field=field)
+    return v
+
+
+def get_iam_policy(svc: Services, caller: Caller, resource: str, *, permission: str, service: str,
+                   version: int = 0, shown: str | None = None) -> dict[str, Any]:
+    svc.authorize(caller, permission, resource, service=service, shown=shown)
+    policy, rev = _stored(svc, resource)
+    has_cond = any(b.get("condition") for b in policy.get("bindings", []))
+    if has_cond and version < 3:
+        raise InvalidArgument("Invalid options.requestedPolicyVersion: the policy has conditional role bindings; "
+                              "request version 3 (options.requestedPolicyVersion=3) so they are not dropped.",
+                              field="options.requestedPolicyVersion", reason="POLICY_VERSION_TOO_LOW")
+    return _present(policy, rev)
+
+
+def _mask(value: object) -> set[str]:
+    if value in (None, ""):
+        return {"bindings", "etag"}
+    if isinstance(value, Mapping):
+        value = ",".join(value.get("paths", []))
+    if not isinstance(value, str):
+        raise InvalidArgument("Invalid updateMask: expected a comma-separated list of fields.", field="updateMask")
+    fields = {f.strip() for f in value.split(",") if f.strip()}
+    bad = fields - MASKABLE
+    if bad:
+        raise InvalidArgument(f"Invalid updateMask: unknown field(s) {', '.join(sorted(bad))}; use bindings, etag, "
+                              "auditConfigs.", field="updateMask")
+    return {"auditConfigs" if f == "audit_configs" else f for f in fields}
+
+
+def check_limits(policy: AllowPolicy) -> None:
+    members = sum(len(b.members) for b in policy.bindings)
+    groups = sum(1 for b in policy.bindings for m in b.members if m.startswith(("group:", "domain:")))
+    if members > MAX_PRINCIPALS:
+        raise InvalidArgument(f"Invalid policy.bindings: the policy has {members} principals; the limit is "
+                              f"{MAX_PRINCIPALS} (every member of every binding counts). Grant to a group instead.",
+                              field="policy.bindings", reason="POLICY_PRINCIPAL_LIMIT")
+    if groups > MAX_GROUPS_DOMAINS:
+        raise InvalidArgument(f"Invalid policy.bindings: the policy has {groups} group and domain principals; the "
+                              f"limit is {MAX_GROUPS_DOMAINS}.", field="policy.bindings",
+                              reason="POLICY_GROUP_LIMIT")
+    for i, b in enumerate(policy.bindings):
+        if b.condition is not None and b.condition.compiled is not None \
+                and b.condition.compiled.logic_operators > MAX_LOGIC_OPERATORS:
+            n = b.condition.compiled.logic_operators
+            fld = f"policy.bindings[{i}].condition.expression"
+            raise InvalidArgument(f"Invalid {fld}: {n} logical operators; the limit is {MAX_LOGIC_OPERATORS}.",
+                                  field=fld, reason="CONDITION_LOGIC_OPERATOR_LIMIT")
+
+
+def policy_delta(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """Cloud Audit Logs' serviceData.policyDelta.bindingDeltas."""
+    def flat(p: Mapping[str, Any]) -> set[tuple[str, str, str]]:
+        out = set()
+        for b in p.get("bindings", []):
+            cond = b.get("condition", {}).get("expression", "") if b.get("condition") else ""
+            for m in b.get("members", []):
+                out.add((b["role"], m, cond))
+        return out
+    before, after = flat(old), flat(new)
+    deltas = []
+    for action, items in (("REMOVE", before - after), ("ADD", after - before)):
+        for role, member, cond in sorted(items):
+            d: dict[str, Any] = {"action": action, "role": role, "member": member}
+            if cond:
+                d["condition"] = {"expression": cond}
+            deltas.append(d)
+    return {"@type": "type.googleapis.com/google.iam.v1.logging.AuditData",
+            "policyDelta": {"bindingDeltas": deltas}}
+
+
+def set_iam_policy(svc: Services, caller: Caller, resource: str, body: Mapping[str, Any], *, permission: str,
+                   service: str, method: str, allow_lockout: bool = False,
+                   validate_members: Any = None, shown: str | None = None) -> dict[str, Any]:
+    svc.authorize(caller, permission, resource, service=service, shown=shown)
+    if not isinstance(body, Mapping):
+        raise InvalidArgument("Invalid request body: expected {\"policy\": {...}}.", field="policy")
+    raw = body.get("policy")
+    if not isinstance(raw, Mapping):
+        raise InvalidArgument("Invalid policy: the request needs a policy object.", field="policy")
+    mask = _mask(body.get("updateMask"))
+    parsed = parse_allow_policy(raw, "policy")
+    eng = svc.runtime.engine
+    for i, b in enumerate(parsed.bindings):
+        role = eng.get_role(b.role)
+        if role is None or role.deleted:
+            raise InvalidArgument(f"Invalid policy.bindings[{i}].role: role {b.role} does not exist"
+                                  + (" (it was deleted)" if role is not None else "") + ".",
+                                  field=f"policy.bindings[{i}].role", reason="UNKNOWN_ROLE")
+        scope = names.role_scope(b.role)
+        if scope is not None and eng.canonical_name(scope) not in eng.ancestry(resource):
+            raise InvalidArgument(f"Invalid policy.bindings[{i}].role: custom role {b.role} can only be granted "
+                                  f"inside {scope.split('/', 3)[3]}.", field=f"policy.bindings[{i}].role",
+                                  reason="ROLE_OUT_OF_SCOPE")
+    check_limits(parsed)
+    if validate_members is not None:
+        validate_members(parsed)
+    current, rev = _stored(svc, resource)
+    etag = raw.get("etag")
+    if "etag" in mask and etag:
+        if not isinstance(etag, str):
+            raise InvalidArgument("Invalid policy.etag: expected the etag string from getIamPolicy.",
+                                  field="policy.etag")
+        if revision_from_etag(etag, "policy.etag") != rev:
+            raise Aborted("There were concurrent policy changes. Please retry the whole read-modify-write with "
+                          "exponential backoff.", reason="ETAG_MISMATCH")
+    new: dict[str, Any] = dict(current)
+    new_json = parsed.to_json()
+    if "bindings" in mask:
+        new["bindings"] = new_json.get("bindings", [])
+        new["version"] = new_json["version"]
+    if "auditConfigs" in mask:
+        new["auditConfigs"] = new_json.get("auditConfigs", [])
+    if "version" in mask:
+        new["version"] = new_json["version"]
+    if any(b.get("condition") for b in new.get("bindings", [])):
+        new["version"] = 3
+    new.pop("etag", None)
+    if not allow_lockout and caller.principal is not None and svc.allowed(caller, permission, resource):
+        final = parse_allow_policy(new, "policy")
+        if not eng.check_with_policy(caller.principal, permission, resource, at=resource, policy=final,
+                                     time=svc.clock()):
+            raise FailedPrecondition(
+                f"This change would remove your own {permission} on {resource}, locking you out. If you mean it, "
+                "send the request again with the header 'X-Keycard-Allow-Lockout: true'.",
+                reason="SELF_LOCKOUT", field="policy.bindings")
+    revision = svc.commit(caller, puts=[Put("iam_policy", resource, new)],
+                          expect=[Expect("iam_policy", resource, rev if rev else None)],
+                          method=method, service=service, resource_name=resource.split("/", 3)[3],
+                          request={"resource": resource, "policy": dict(raw)},
+                          service_data=policy_delta(current, new))
+    out = _present(new, revision)
+    return out
+
+
+def test_iam_permissions(svc: Services, caller: Caller, resource: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """No permission is needed to test one's own permissions (as in Google)."""
+    if not isinstance(body, Mapping):
+        raise InvalidArgument("Invalid request body: expected {\"permissions\": [...]}.", field="permissions")
+    perms = body.get("permissions", [])
+    if not isinstance(perms, list):
+        raise InvalidArgument("Invalid permissions: expected a list of permission names.", field="permissions")
+    if len(perms) > 100:
+        raise InvalidArgument(f"Invalid permissions: {len(perms)} given; at most 100 per request.",
+                              field="permissions")
+    checked: Sequence[str] = [names.parse_permission(p, f"permissions[{i}]") for i, p in enumerate(perms)]
+    granted = svc.runtime.engine.test_iam_permissions(caller.principal, resource, checked, time=svc.clock())
+    return {"permissions": granted} if granted else {}

@@ -1,0 +1,83 @@
+"""A real `keycard serve` process on loopback, initialised with a fresh organization."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ADMIN = "alice@example.com"
+KEYCARD = [sys.executable, "-m", "keycard.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    database: str
+    organization: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def token(self, user: str = ADMIN) -> str:
+        out = subprocess.run([*KEYCARD, "auth", "print-access-token", "--user", user, "--database", self.database],
+                             check=True, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def client(self, user: str | None = ADMIN) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.token(user)}"} if user else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def start_server(database: str, log: Path, *, enforcement: str = "enforce", domain: str = "example.com") -> Server:
+    init = subprocess.run([*KEYCARD, "init", "--organization-domain", domain, "--admin", f"user:{ADMIN}",
+                           "--database", database, "--format", "json"], capture_output=True, text=True)
+    assert init.returncode == 0, init.stderr
+    org = json.loads(init.stdout)["organization"]
+    port = free_port()
+    fh = log.open("ab")
+    proc = subprocess.Popen([*KEYCARD, "serve", "--port", str(port), "--database", database,
+                             "--enforcement", enforcement], stdout=fh, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"keycard serve exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return Server(url, database, org, proc, log)
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"keycard serve did not start: {log.read_text()[-2000:]}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    d = tmp_path_factory.mktemp("kc")
+    srv = start_server(f"sqlite:///{d / 'keycard.db'}", d / "server.log")
+    yield srv
+    stop_server(srv)

@@ -6,13 +6,14 @@ import base64
 
 import google.oauth2.credentials
 import pytest
-from conftest import Server
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.cloud import resourcemanager_v3
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
+
+from conftest import Server
 
 
 def creds(server: Server, user: str = "alice@example.com") -> google.oauth2.credentials.Credentials:

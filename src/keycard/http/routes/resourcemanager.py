@@ -39,7 +39,6 @@ def register(router: Router) -> None:
 
     # ------------------------------------------------------------------- folders/projects
     for kind in ("organizations", "folders", "projects"):
-        singular = kind[:-1]
 
         def resolve(app: App, ident: str, kind: str = kind) -> str:
             if kind == "projects":

@@ -8,9 +8,10 @@ from keycard.http.routing import Route, Router
 
 
 def register(router: Router) -> None:
-    from keycard.http.routes import resourcemanager
+    from keycard.http.routes import cloudidentity, iam_roles, iam_v2, orgpolicy, resourcemanager, troubleshooter
 
-    resourcemanager.register(router)
+    for module in (resourcemanager, iam_roles, iam_v2, cloudidentity, orgpolicy, troubleshooter):
+        module.register(router)
 
     def jwks(app: Any, ctx: Any) -> Any:
         return app.keys().jwks()

@@ -1,5 +1,5 @@
 # keycard — two commands on a fresh machine with Python 3.11, make and git:
-#   make run    install into .venv and show the engine on the built-in demo organization
+#   make run    install into .venv, initialise a demo organization (once) and serve it on :8080
 #   make test   install, then lint, type-check and run every test
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -19,10 +19,18 @@ $(STAMP): pyproject.toml uv.lock
 	@$(UV) sync --frozen --inexact --all-groups -q
 	@rm -f $(VENV)/.installed-* && touch $@
 
-run: install
-	@$(VENV)/bin/keycard demo
+ADMIN ?= admin@example.com
+PORT ?= 8080
 
-demo: run
+run: install
+	@$(VENV)/bin/keycard init --organization-domain example.com --admin user:$(ADMIN) --demo --format json >/dev/null
+	@echo "keycard: organization example.com initialised in .keycard/ (admin $(ADMIN)); starting the server."
+	@echo "Call it from another terminal:"
+	@echo '  curl -s -H "Authorization: Bearer $$($(VENV)/bin/keycard auth print-access-token --user $(ADMIN))" http://127.0.0.1:$(PORT)/v3/projects:search'
+	@$(VENV)/bin/keycard serve --port $(PORT)
+
+demo: install
+	@$(VENV)/bin/keycard demo
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

@@ -21,7 +21,7 @@ from keycard.errors import KeycardError
 app = typer.Typer(help="keycard: Google Cloud IAM, runnable anywhere.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 console = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 EXIT_OK, EXIT_DENIED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -152,18 +152,21 @@ def _database(database: str | None, data_dir: Path) -> str:
 def init(organization_domain: Annotated[str, typer.Option(help="The organization's domain, e.g. example.com")],
          admin: Annotated[list[str], typer.Option(help="First administrator, e.g. user:alice@example.com")],
          database: DatabaseOpt = None, data_dir: DataDirOpt = Path(".keycard"),
+         demo_data: Annotated[bool, typer.Option("--demo", help="Also create a small demo ML platform "
+                                                 "(folder, projects ml-prod and ml-dev, grants).")] = False,
          fmt: FormatOpt = Format.table) -> None:
     """Bootstrap an installation: organization, signing key, administrators. Idempotent."""
-    from keycard.server import ADMIN_ROLES, init_installation
+    from keycard.server import ADMIN_ROLES, init_installation, seed_demo
     from keycard.store.sql import open_store
     store = open_store(_database(database, data_dir))
     try:
         inst = init_installation(store, domain=organization_domain, admins=admin)
     finally:
         store.close()
+    seeded = seed_demo(_database(database, data_dir), inst.admins[0]) if demo_data and inst.admins else []
     data = {"organization": inst.organization.split("/", 3)[3], "domain": inst.domain,
             "directoryCustomerId": inst.customer_id, "admins": list(inst.admins), "adminRoles": list(ADMIN_ROLES),
-            "created": inst.created}
+            "created": inst.created, "demo": seeded}
     if fmt is not Format.table:
         _emit(data, fmt)
         return
@@ -198,6 +201,12 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
     application = create_app(services, keys, base_url=f"http://{host}:{port}")
     err.print(f"keycard serving {services.organization.split('/', 3)[3]} on http://{host}:{port} "
               f"({url.split('://')[0]}, revision {services.runtime.applied})", highlight=False)
+    db_opt = f" --database '{database}'" if database else ("" if data_dir == Path(".keycard") else
+                                                          f" --data-dir '{data_dir}'")
+    kc = "keycard" if (Path(sys.argv[0]).name == "keycard" and "/" not in sys.argv[0]) else sys.argv[0]
+    err.print("Try it (in another terminal):\n"
+              f"  curl -s -H \"Authorization: Bearer $({kc} auth print-access-token --user ADMIN_EMAIL{db_opt})\" "
+              f"http://{host}:{port}/v3/organizations:search", highlight=False)
     uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
 
 

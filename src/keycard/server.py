@@ -164,5 +164,39 @@ def mint_local_token(database: str, user: str, *, lifetime: int = 3600) -> str:
         store.close()
 
 
+def seed_demo(database: str, admin: str) -> list[str]:
+    """Fill a fresh installation with a small ML platform to explore (idempotent: skipped if present)."""
+    from keycard.services import iam_policy
+    from keycard.services import resourcemanager as crm
+    services, _keys, store = open_services(database)
+    try:
+        if store.get("project_id", "ml-prod") is not None or services.organization is None:
+            return []
+        org = services.organization.split("/", 3)[3]
+        me = Caller(admin)
+        folder = crm.create_folder(services, me, {"parent": org, "displayName": "ml-platform"})["response"]["name"]
+        created = [folder]
+        for pid, display in (("ml-prod", "ML production"), ("ml-dev", "ML development")):
+            crm.create_project(services, me, {"projectId": pid, "parent": folder, "displayName": display,
+                                              "labels": {"team": "ml"}})
+            created.append(f"projects/{pid}")
+        project = crm.resolve_project(services, "ml-dev")
+        policy = iam_policy.get_iam_policy(services, me, project, permission="resourcemanager.projects.getIamPolicy",
+                                           service=crm.SERVICE, version=3)
+        policy["version"] = 3
+        policy["bindings"] = [*policy.get("bindings", []),
+                              {"role": "roles/ml.developer", "members": ["user:carol@example.com"]},
+                              {"role": "roles/viewer", "members": ["user:auditor@partner.example"],
+                               "condition": {"title": "until 2027",
+                                             "expression": 'request.time < timestamp("2027-01-01T00:00:00Z")'}}]
+        iam_policy.set_iam_policy(services, me, project, {"policy": policy},
+                                  permission="resourcemanager.projects.setIamPolicy", service=crm.SERVICE,
+                                  method="SetIamPolicy")
+        return created
+    finally:
+        services.runtime.stop()
+        store.close()
+
+
 def caller(principal: str | None) -> Caller:
     return Caller(principal)

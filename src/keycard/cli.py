@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import sys
+from collections import deque
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -223,6 +224,64 @@ def print_access_token(user: Annotated[str, typer.Option(help="The user, e.g. al
     if not 60 <= lifetime <= 3600:
         raise KeycardError("Invalid --lifetime: between 60 and 3600 seconds.")
     sys.stdout.write(mint_local_token(_database(database, data_dir), user, lifetime=lifetime) + "\n")
+
+
+logs_app = typer.Typer(help="The audit log (Cloud Audit Logs shape, hash-chained).", no_args_is_help=True)
+app.add_typer(logs_app, name="logs")
+
+
+@logs_app.command("read")
+def logs_read(filter_: Annotated[str, typer.Argument(metavar="[FILTER]", help='Cloud Logging filter, e.g. '
+                                                     'protoPayload.methodName="SetIamPolicy"')] = "",
+              limit: Annotated[int, typer.Option(help="At most this many entries (newest first)")] = 20,
+              database: DatabaseOpt = None, data_dir: DataDirOpt = Path(".keycard"),
+              fmt: FormatOpt = Format.table) -> None:
+    """Read audit entries, newest first."""
+    from keycard.audit import compile_filter
+    from keycard.store.sql import open_store
+    pred = compile_filter(filter_)
+    store = open_store(_database(database, data_dir))
+    try:
+        newest: deque[dict[str, Any]] = deque(maxlen=max(limit, 0))
+        since = 0
+        while True:
+            batch = store.audit(since_seq=since, limit=2000)
+            newest.extend({"seq": a.seq, **a.entry} for a in batch if pred(a.entry))
+            if len(batch) < 2000:
+                break
+            since = batch[-1].seq
+    finally:
+        store.close()
+    found = list(reversed(newest))
+    if fmt is not Format.table:
+        _emit(found, fmt)
+        return
+    table = Table("seq", "time", "principal", "method", "resource", "granted")
+    for e in found:
+        p = e.get("protoPayload", {})
+        auths = p.get("authorizationInfo", [])
+        denied = [a.get("permission", "") for a in auths if not a.get("granted")]
+        granted = ("denied: " + ", ".join(denied)) if denied else ("yes" if auths else "-")
+        table.add_row(str(e["seq"]), str(e.get("timestamp", ""))[:19], p.get("authenticationInfo", {}).get(
+            "principalEmail", "-"), str(p.get("methodName", "")).rsplit(".", 1)[-1], p.get("resourceName", ""),
+            granted)
+    console.print(table)
+
+
+@logs_app.command("verify")
+def logs_verify(database: DatabaseOpt = None, data_dir: DataDirOpt = Path(".keycard")) -> None:
+    """Recompute the audit log's hash chain; exit 1 naming the first broken record."""
+    from keycard.store.sql import open_store
+    store = open_store(_database(database, data_dir))
+    try:
+        ok, seq, message = store.verify_audit()
+    finally:
+        store.close()
+    if ok:
+        console.print(f"[green]OK[/]: {message}", highlight=False)
+        return
+    err.print(f"[red]BROKEN[/] at record {seq}: {message}", highlight=False)
+    raise typer.Exit(1)
 
 
 def main() -> None:

@@ -173,15 +173,14 @@ def seed_demo(database: str, admin: str) -> list[str]:
         if store.get("project_id", "ml-prod") is not None or services.organization is None:
             return []
         org = services.organization.split("/", 3)[3]
-        me = Caller(admin)
-        folder = crm.create_folder(services, me, {"parent": org, "displayName": "ml-platform"})["response"]["name"]
+        folder = crm.create_folder(services, Caller(admin), {"parent": org, "displayName": "ml-platform"})["response"]["name"]
         created = [folder]
         for pid, display in (("ml-prod", "ML production"), ("ml-dev", "ML development")):
-            crm.create_project(services, me, {"projectId": pid, "parent": folder, "displayName": display,
+            crm.create_project(services, Caller(admin), {"projectId": pid, "parent": folder, "displayName": display,
                                               "labels": {"team": "ml"}})
             created.append(f"projects/{pid}")
         project = crm.resolve_project(services, "ml-dev")
-        policy = iam_policy.get_iam_policy(services, me, project, permission="resourcemanager.projects.getIamPolicy",
+        policy = iam_policy.get_iam_policy(services, Caller(admin), project, permission="resourcemanager.projects.getIamPolicy",
                                            service=crm.SERVICE, version=3)
         policy["version"] = 3
         policy["bindings"] = [*policy.get("bindings", []),
@@ -189,7 +188,7 @@ def seed_demo(database: str, admin: str) -> list[str]:
                               {"role": "roles/viewer", "members": ["user:auditor@partner.example"],
                                "condition": {"title": "until 2027",
                                              "expression": 'request.time < timestamp("2027-01-01T00:00:00Z")'}}]
-        iam_policy.set_iam_policy(services, me, project, {"policy": policy},
+        iam_policy.set_iam_policy(services, Caller(admin), project, {"policy": policy},
                                   permission="resourcemanager.projects.setIamPolicy", service=crm.SERVICE,
                                   method="SetIamPolicy")
         return created

@@ -173,15 +173,16 @@ def seed_demo(database: str, admin: str) -> list[str]:
         if store.get("project_id", "ml-prod") is not None or services.organization is None:
             return []
         org = services.organization.split("/", 3)[3]
-        folder = crm.create_folder(services, Caller(admin), {"parent": org, "displayName": "ml-platform"})["response"]["name"]
+        op = crm.create_folder(services, Caller(admin), {"parent": org, "displayName": "ml-platform"})
+        folder = op["response"]["name"]
         created = [folder]
         for pid, display in (("ml-prod", "ML production"), ("ml-dev", "ML development")):
             crm.create_project(services, Caller(admin), {"projectId": pid, "parent": folder, "displayName": display,
                                               "labels": {"team": "ml"}})
             created.append(f"projects/{pid}")
         project = crm.resolve_project(services, "ml-dev")
-        policy = iam_policy.get_iam_policy(services, Caller(admin), project, permission="resourcemanager.projects.getIamPolicy",
-                                           service=crm.SERVICE, version=3)
+        policy = iam_policy.get_iam_policy(services, Caller(admin), project, service=crm.SERVICE, version=3,
+                                           permission="resourcemanager.projects.getIamPolicy")
         policy["version"] = 3
         policy["bindings"] = [*policy.get("bindings", []),
                               {"role": "roles/ml.developer", "members": ["user:carol@example.com"]},

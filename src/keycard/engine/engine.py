@@ -684,6 +684,10 @@ class Engine:
     def group_members(self, group: str) -> tuple[str, ...]:
         return self._groups.members(names.parse_member(group if ":" in group else f"group:{group}", "group"))
 
+    def identity_keys(self, principal: str | None) -> tuple[str, ...]:
+        """Every member key that matches ``principal``: itself, domain, groups (transitively), public sets."""
+        return self._groups.identity(principal).keys
+
     # ====================================================================================== introspection
     @property
     def binding_count(self) -> int:

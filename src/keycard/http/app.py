@@ -116,6 +116,9 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
                 response = JSONResponse(result if result is not None else {})
             response.headers.update(ctx.response_headers)
             code = response.status_code
+            if route.read_log and code < 400 and not route.public:
+                await run_in_threadpool(services.audit_read, caller, method=route.operation_id, service=domain,
+                                        log_type=route.read_log)
         except KeycardError as e:
             response = _error(e, domain)
             code = response.status_code

@@ -30,6 +30,7 @@ class Route:
     body: bool = False
     query: tuple[str, ...] = ()
     public: bool = False            # no authentication (health, discovery of keys)
+    read_log: str | None = None     # Data Access log type of a read: ADMIN_READ or DATA_READ (None: infer)
     regex: re.Pattern[str] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -41,6 +42,10 @@ class Route:
             pos = m.end()
         parts.append(re.escape(self.template[pos:]))
         object.__setattr__(self, "regex", re.compile("^" + "".join(parts) + "$"))
+        if self.read_log is None:
+            verb = self.operation_id.rsplit(".", 1)[-1]
+            is_read = self.method == "GET" or verb in ("getIamPolicy", "testIamPermissions", "search", "lookup")
+            object.__setattr__(self, "read_log", "ADMIN_READ" if is_read else "")
 
 
 class Router:

@@ -28,6 +28,7 @@ class Caller:
     authorizations: list[dict[str, Any]] = field(default_factory=list)
     would_deny: list[str] = field(default_factory=list)
     revision: int | None = None           # set by a write: the consistency token to return
+    resource: str | None = None           # full name of the first resource authorized (for Data Access logs)
 
     @property
     def email(self) -> str:
@@ -57,6 +58,8 @@ class Services:
         named = shown or resource
         target = _relative(named)
         caller.authorizations.append({"resource": target, "permission": permission, "granted": d.allowed})
+        if caller.resource is None:
+            caller.resource = resource
         if d.allowed:
             return
         if self.enforcement == "dry-run":
@@ -83,6 +86,36 @@ class Services:
         self.runtime.catch_up()
         caller.revision = revision
         return revision
+
+    def data_access_enabled(self, caller: Caller, resource: str, service: str, log_type: str) -> bool:
+        """Do the auditConfigs on the resource or its ancestors turn on ``log_type`` for ``service``?"""
+        engine = self.runtime.engine
+        enabled = False
+        for node in engine.ancestry(resource):
+            policy = engine.get_iam_policy(node)
+            if policy is None:
+                continue
+            for cfg in policy.audit_configs:
+                if cfg.get("service") not in ("allServices", service):
+                    continue
+                for lc in cfg.get("auditLogConfigs", []) or []:
+                    kind = lc.get("logType") if isinstance(lc, Mapping) else None
+                    kind = _LOG_TYPES.get(kind, kind) if isinstance(kind, int) else kind
+                    if kind != log_type:
+                        continue
+                    exempt = {str(m).lower() for m in lc.get("exemptedMembers", []) or []}
+                    if caller.principal is not None and caller.principal.lower() in exempt:
+                        return False
+                    enabled = True
+        return enabled
+
+    def audit_read(self, caller: Caller, *, method: str, service: str, log_type: str) -> None:
+        """Write a Data Access entry for a successful read when auditConfigs ask for it."""
+        if caller.resource is None or not self.data_access_enabled(caller, caller.resource, service, log_type):
+            return
+        entry = self.audit_entry(caller, method=method, service=service, resource_name=_relative(caller.resource),
+                                 request=None, response=None, service_data=None, log="data_access")
+        self.runtime.store.append_audit([entry])
 
     def audit_entry(self, caller: Caller, *, method: str, service: str, resource_name: str,
                     request: Mapping[str, Any] | None, response: Mapping[str, Any] | None,
@@ -117,6 +150,8 @@ class Services:
                 entry["labels"]["keycard.dev/would-deny"] = "; ".join(caller.would_deny)
         return entry
 
+
+_LOG_TYPES = {0: "LOG_TYPE_UNSPECIFIED", 1: "ADMIN_READ", 2: "DATA_WRITE", 3: "DATA_READ"}
 
 _SECRET_KEYS = {"privateKeyData", "private_key", "privateKey", "access_token", "accessToken", "assertion",
                 "client_secret", "subject_token", "subjectToken", "id_token", "idToken", "password", "token",

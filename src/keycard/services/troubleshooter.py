@@ -262,7 +262,7 @@ def _overall(deny: str, allow: str) -> str:
 
 def _identity_keys(engine: Engine, principal: str) -> frozenset[str]:
     """Every member key that includes ``principal`` (itself, its domain, its groups, allUsers …)."""
-    return frozenset(engine._groups.identity(principal).keys)
+    return frozenset(engine.identity_keys(principal))
 
 
 def _explain(engine: Engine, at: AccessTuple, time: dt.datetime | None) -> tuple[Explanation, frozenset[str]]:

@@ -5,6 +5,8 @@
 socket inside the temporary directory, trust authentication, ``fsync=off``. It returns
 ``postgresql://postgres@127.0.0.1:PORT/postgres`` and stops and deletes the cluster at interpreter
 exit. As root (initdb refuses to run as root) the server runs as ``nobody`` via runuser or setpriv.
+A small watchdog process also stops and deletes the cluster if the test process dies without running
+its exit handlers (``timeout`` sends SIGTERM, ``kill -9``), so no postmaster is left behind.
 
 Set ``KEYCARD_TEST_PG_URL`` to use an existing server instead (its superuser URL). When neither
 works, :class:`PgUnavailable` says why, so callers can ``pytest.skip(str(exc))``.
@@ -17,11 +19,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import glob
+import json
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -34,6 +38,27 @@ __all__ = ["PgCluster", "PgUnavailable", "cluster_url", "create_database", "drop
 ENV_URL = "KEYCARD_TEST_PG_URL"
 SUPERUSER = "postgres"
 _RUN_AS = "nobody"
+
+
+# Run by a detached interpreter: wait for the test process to go, then stop the cluster and delete
+# its directory unless a clean exit already did (argv: parent pid, cluster dir, stop command as JSON).
+_WATCHDOG = """
+import json, os, shutil, subprocess, sys, time
+parent, root, stop = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+while True:
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        break
+    except PermissionError:
+        pass
+    time.sleep(1)
+if os.path.isdir(root):
+    try:
+        subprocess.run(stop, cwd=root, capture_output=True, timeout=60)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+"""
 
 
 class PgUnavailable(RuntimeError):
@@ -114,15 +139,26 @@ class PgCluster:
                 last = exc
                 continue
             self._started = True
+            self._watch()
             return
         log_tail = self.log.read_text(errors="replace").strip().splitlines()[-3:] if self.log.exists() else []
         raise PgUnavailable(f"{last}; log: {' | '.join(log_tail)}")
+
+    def _stop_command(self) -> list[str]:
+        return self._cmd(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def _watch(self) -> None:
+        subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.root), json.dumps(self._stop_command())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True,
+        )
 
     def stop(self) -> None:
         if self._started:
             self._started = False
             with contextlib.suppress(Exception):
-                self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+                subprocess.run(self._stop_command(), cwd=self.root, capture_output=True, timeout=60, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -295,9 +295,7 @@ class SqlStore:
             for e in expect:
                 actual = current.get((e.kind, e.name))
                 if (None if actual is None else actual[0]) != e.revision:
-                    raise Aborted(abort_message or ABORTED_MESSAGE, metadata={
-                        "kind": e.kind, "name": e.name, "expectedRevision": str(e.revision),
-                        "actualRevision": str(None if actual is None else actual[0])})
+                    raise Aborted(abort_message or ABORTED_MESSAGE)  # no metadata: it would reach clients
             self._apply(conn, revision, puts, texts, deletes, current)
             audit_log.append(conn, entries, revision, rfc3339(self._clock()))
             if self.dialect == "postgresql":

@@ -206,7 +206,10 @@ def targets(results: dict[str, Any]) -> list[str]:
         peers = [(n, sres["engines"][n]["summary"]) for n in PEERS
                  if n in sres["engines"] and sres["engines"][n].get("summary")]
         if not peers:
-            row(f"{scale}: keycard p50 ≥ 10× lower than the fastest peer", "no peer completed", None)
+            ran = [n for n in PEERS if n in sres["engines"]]
+            row(f"{scale}: keycard p50 ≥ 10× lower than the fastest peer",
+                "no peer completed: " + "; ".join(f"{n} {sres['engines'][n].get('status')}" for n in ran)
+                if ran else "no peer run at this scale", None)
             continue
         fast_n, fast = min(peers, key=lambda x: x[1]["p50"])
         if not k:

@@ -159,7 +159,7 @@ def _spawn(engine: str, workdir: Path, args: argparse.Namespace, timeout: float)
         return {"engine": engine, "status": f"did not complete within {timeout:.0f} s"}
     if proc.returncode != 0 or not out.exists():
         tail = (proc.stderr or "").strip().splitlines()[-3:]
-        return {"engine": engine, "status": f"failed (exit {proc.returncode}): " + " | ".join(tail)[:300]}
+        return {"engine": engine, "status": f"failed (exit {proc.returncode}): " + " / ".join(tail)[:300]}
     res: dict[str, Any] = json.loads(out.read_text())
     res["wall_s"] = time.perf_counter() - t0
     return res

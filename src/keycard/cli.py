@@ -208,7 +208,8 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
     err.print("Try it (in another terminal):\n"
               f"  curl -s -H \"Authorization: Bearer $({kc} auth print-access-token --user ADMIN_EMAIL{db_opt})\" "
               f"http://{host}:{port}/v3/organizations:search", highlight=False)
-    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
+    # Google's discovery clients (httplib2) reuse idle connections without retrying: keep them open.
+    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False, timeout_keep_alive=650)
 
 
 auth_app = typer.Typer(help="Credentials for talking to a keycard server.", no_args_is_help=True)

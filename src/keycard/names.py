@@ -43,7 +43,6 @@ _PROJECT = rf"(?:{_PROJECT_ID}|{_NUMBER}|_|-)"
 _EMAIL_RE = re.compile(r"^[^@\s:/?#]+@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+$")
 _DOMAIN_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+$")
 _SERVICE_RE = re.compile(r"^[a-z][a-z0-9-]*(?:\.[a-z0-9-]+)+$")
-_SEGMENT_RE = re.compile(r"^[^/\s]+$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _ML_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,127}$")
 _ROLE_ID_RE = re.compile(r"^[A-Za-z0-9_.]{1,64}$")
@@ -107,8 +106,30 @@ def _bad(field: str, value: object, what: str) -> InvalidArgument:
     return InvalidArgument(f"Invalid {field} {shown}: {what}.", field=field)
 
 
-@lru_cache(maxsize=65536)
+_RELATIVE_RE = re.compile(r"[^/\s]+(?:/[^/\s]+)*")
+_KNOWN_BY_SERVICE: dict[str, tuple[tuple[str, re.Pattern[str], str, str | None], ...]] = {}
+for _entry in _KNOWN:
+    _KNOWN_BY_SERVICE[_entry[0]] = (*_KNOWN_BY_SERVICE.get(_entry[0], ()), _entry)
+
+# Plain dict caches (faster than lru_cache on the hot load path); cleared when they grow too big.
+_CACHE_LIMIT = 1 << 20
+_RESOURCE_CACHE: dict[str, ResourceName] = {}
+_MEMBER_CACHE: dict[str, str] = {}
+MEMBER_CACHE = _MEMBER_CACHE      # read-only view for hot loops elsewhere: raw member → canonical member
+_ROLE_CACHE: set[str] = set()
+
+
 def _parse_resource_cached(name: str, field: str) -> ResourceName:
+    hit = _RESOURCE_CACHE.get(name)
+    if hit is None:
+        hit = _parse_resource_uncached(name, field)
+        if len(_RESOURCE_CACHE) >= _CACHE_LIMIT:
+            _RESOURCE_CACHE.clear()
+        _RESOURCE_CACHE[name] = hit
+    return hit
+
+
+def _parse_resource_uncached(name: str, field: str) -> ResourceName:
     if len(name) > _MAX_NAME:
         raise _bad(field, name, f"longer than {_MAX_NAME} characters")
     if _NODE_RE.fullmatch(name):                  # short form: organizations/N, folders/N, projects/P
@@ -119,13 +140,11 @@ def _parse_resource_cached(name: str, field: str) -> ResourceName:
     service, _, relative = name[2:].partition("/")
     if not _SERVICE_RE.fullmatch(service):
         raise _bad(field, name, "the service part must be a DNS name such as 'ml.googleapis.com'")
-    if not relative or any(not _SEGMENT_RE.fullmatch(s) for s in relative.split("/")):
+    if not relative or not _RELATIVE_RE.fullmatch(relative):
         raise _bad(field, name, "the path after the service must be non-empty segments separated by '/'")
     if service == "storage.googleapis.com" and "/" not in relative:
         relative = f"projects/_/buckets/{relative}"  # Cloud Asset Inventory names buckets //storage.googleapis.com/B
-    for svc, pattern, rtype, parent_fmt in _KNOWN:
-        if svc != service:
-            continue
+    for _svc, pattern, rtype, parent_fmt in _KNOWN_BY_SERVICE.get(service, ()):
         m = pattern.fullmatch(relative)
         if m is None:
             continue
@@ -150,7 +169,11 @@ def _parse_resource_cached(name: str, field: str) -> ResourceName:
 
 def parse_resource(name: object, field: str = "resource") -> ResourceName:
     """Parse a full resource name (or a hierarchy short name) into its canonical form."""
-    if not isinstance(name, str):
+    if type(name) is str:
+        hit = _RESOURCE_CACHE.get(name)
+        if hit is not None:
+            return hit
+    elif not isinstance(name, str):
         raise _bad(field, name, "expected a string")
     return _parse_resource_cached(name, field)
 
@@ -191,8 +214,17 @@ def member_email(member: str) -> str | None:
     return rest if sep and kind in _EMAIL_KINDS else None
 
 
-@lru_cache(maxsize=262144)
 def _parse_member_cached(member: str, field: str) -> str:
+    hit = _MEMBER_CACHE.get(member)
+    if hit is None:
+        hit = _parse_member_uncached(member, field)
+        if len(_MEMBER_CACHE) >= _CACHE_LIMIT:
+            _MEMBER_CACHE.clear()
+        _MEMBER_CACHE[member] = hit
+    return hit
+
+
+def _parse_member_uncached(member: str, field: str) -> str:
     if member in _SIMPLE_MEMBERS:
         return member
     if member.startswith("principal://"):
@@ -241,6 +273,10 @@ def _parse_member_cached(member: str, field: str) -> str:
 
 def parse_member(member: object, field: str = "member") -> str:
     """Validate an allow-policy member and return its canonical form (lower-case emails)."""
+    if type(member) is str:
+        hit = _MEMBER_CACHE.get(member)
+        if hit is not None:
+            return hit
     if not isinstance(member, str):
         raise _bad(field, member, "expected a string")
     if len(member) > 1024:
@@ -348,9 +384,13 @@ _ROLE_RE = re.compile(
 
 def parse_role_name(role: object, field: str = "role") -> str:
     """Validate a role name: ``roles/R``, ``projects/P/roles/R`` or ``organizations/O/roles/R``."""
+    if type(role) is str and role in _ROLE_CACHE:
+        return role
     if not isinstance(role, str) or not _ROLE_RE.fullmatch(role):
         raise _bad(field, role, "roles are named 'roles/NAME', 'projects/PROJECT/roles/NAME' or "
                                 "'organizations/NUMBER/roles/NAME'")
+    if len(_ROLE_CACHE) < _CACHE_LIMIT:
+        _ROLE_CACHE.add(role)
     return role
 
 

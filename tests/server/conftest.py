@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 ADMIN = "alice@example.com"
+_TOKENS: dict[tuple[str, str], str] = {}
 KEYCARD = [sys.executable, "-m", "keycard.cli"]
 
 
@@ -34,9 +35,13 @@ class Server:
     log: Path
 
     def token(self, user: str = ADMIN) -> str:
-        out = subprocess.run([*KEYCARD, "auth", "print-access-token", "--user", user, "--database", self.database],
-                             check=True, capture_output=True, text=True)
-        return out.stdout.strip()
+        """A user token minted the local-admin way (cached: one CLI run per user and server)."""
+        cached = _TOKENS.get((self.database, user))
+        if cached is None:
+            out = subprocess.run([*KEYCARD, "auth", "print-access-token", "--user", user, "--database",
+                                  self.database], check=True, capture_output=True, text=True)
+            cached = _TOKENS[(self.database, user)] = out.stdout.strip()
+        return cached
 
     def client(self, user: str | None = ADMIN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.token(user)}"} if user else {}

@@ -1,18 +1,21 @@
-"""Reading Cloud Asset Inventory export records into (name, type, parent, policy) rows.
+"""Reading Cloud Asset Inventory export records, streaming, into compact rows.
 
 ``gcloud asset export`` writes newline-delimited JSON; each record has ``name``,
 ``assetType``/``asset_type``, ``ancestors``, ``resource`` and/or
-``iamPolicy``/``iam_policy``. A resource exported twice (once with its resource
-data, once with its policy) is merged.
+``iamPolicy``/``iam_policy``. A resource exported twice (once with its resource data,
+once with its policy) is merged. Records are parsed as they stream by — policies straight
+into frozen :class:`AllowPolicy` objects — so the raw JSON of a million bindings is never
+held in memory at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from keycard import names
+from keycard.engine.model import AllowPolicy, parse_allow_policy
 from keycard.errors import InvalidArgument
 
 __all__ = ["AssetRow", "read_assets"]
@@ -22,62 +25,81 @@ __all__ = ["AssetRow", "read_assets"]
 class AssetRow:
     name: str                                  # canonical full resource name
     type: str
-    ancestors: list[str] = field(default_factory=list)   # e.g. ["projects/123", "folders/4", "organizations/1"]
+    field: str                                 # "assets[i]" of the first record, for errors
+    own_ancestor: str | None = None            # ancestors[0] when the record lists ancestors
+    up_ancestor: str | None = None             # ancestors[1]
     parent: str | None = None                  # explicit parent full name, when the record gives it
-    policy: Mapping[str, Any] | None = None
+    policy: AllowPolicy | None = None
+    policy_field: str = ""
     project_id: str | None = None              # projects: their id and number (names may use either)
     project_number: str | None = None
-    field: str = ""
 
 
-def _get(obj: Mapping[str, Any], camel: str) -> Any:
-    if camel in obj:
-        return obj[camel]
-    snake = "".join("_" + c.lower() if c.isupper() else c for c in camel)
-    return obj.get(snake)
+def _get(obj: Mapping[str, Any], camel: str, snake: str) -> Any:
+    v = obj.get(camel)
+    return obj.get(snake) if v is None else v
 
 
 def read_assets(records: Iterable[object]) -> dict[str, AssetRow]:
     rows: dict[str, AssetRow] = {}
+    seen_ancestors: dict[str, str] = {}           # raw ancestor → validated (and interned) string
     for i, rec in enumerate(records):
-        fld = f"assets[{i}]"
-        if not isinstance(rec, Mapping):
-            raise InvalidArgument(f"Invalid {fld}: each asset must be a JSON object.", field=fld)
-        rn = names.parse_resource(rec.get("name"), f"{fld}.name")
-        atype = _get(rec, "assetType")
+        if type(rec) is not dict and not isinstance(rec, Mapping):
+            raise InvalidArgument(f"Invalid assets[{i}]: each asset must be a JSON object.", field=f"assets[{i}]")
+        rn = names.parse_resource(rec.get("name"), f"assets[{i}].name")
+        atype = _get(rec, "assetType", "asset_type")
         if atype is not None and not isinstance(atype, str):
-            raise InvalidArgument(f"Invalid {fld}.assetType: expected a string.", field=f"{fld}.assetType")
+            raise InvalidArgument(f"Invalid assets[{i}].assetType: expected a string.",
+                                  field=f"assets[{i}].assetType")
         row = rows.get(rn.full)
         if row is None:
-            row = rows[rn.full] = AssetRow(rn.full, rn.type, field=fld)
+            row = rows[rn.full] = AssetRow(rn.full, rn.type, f"assets[{i}]")
         if atype and rn.type.endswith("/Unknown"):
             row.type = atype
         anc = rec.get("ancestors")
         if anc is not None:
-            if not isinstance(anc, list) or not all(isinstance(a, str) for a in anc):
-                raise InvalidArgument(f"Invalid {fld}.ancestors: expected a list of names such as "
-                                      "'projects/123'.", field=f"{fld}.ancestors")
-            for j, a in enumerate(anc):
-                names.parse_resource(a, f"{fld}.ancestors[{j}]")
-            row.ancestors = list(anc)
+            if type(anc) is not list:
+                raise InvalidArgument(f"Invalid assets[{i}].ancestors: expected a list of names such as "
+                                      "'projects/123'.", field=f"assets[{i}].ancestors")
+            for j, a in enumerate(anc[:2]):
+                ok = seen_ancestors.get(a) if type(a) is str else None
+                if ok is None:
+                    if not isinstance(a, str):
+                        raise InvalidArgument(f"Invalid assets[{i}].ancestors: expected a list of names such as "
+                                              "'projects/123'.", field=f"assets[{i}].ancestors")
+                    names.parse_resource(a, f"assets[{i}].ancestors[{j}]")
+                    ok = seen_ancestors[a] = a
+                if j == 0:
+                    row.own_ancestor = ok
+                else:
+                    row.up_ancestor = ok
+            for j, a in enumerate(anc[2:], 2):
+                if type(a) is not str:
+                    raise InvalidArgument(f"Invalid assets[{i}].ancestors: expected a list of names such as "
+                                          "'projects/123'.", field=f"assets[{i}].ancestors")
+                if a not in seen_ancestors:
+                    names.parse_resource(a, f"assets[{i}].ancestors[{j}]")
+                    seen_ancestors[a] = a
         res = rec.get("resource")
         if res is not None:
             if not isinstance(res, Mapping):
-                raise InvalidArgument(f"Invalid {fld}.resource: expected a JSON object.", field=f"{fld}.resource")
+                raise InvalidArgument(f"Invalid assets[{i}].resource: expected a JSON object.",
+                                      field=f"assets[{i}].resource")
             parent = res.get("parent")
             if isinstance(parent, str) and parent:
-                row.parent = names.parse_resource(parent, f"{fld}.resource.parent").full
+                row.parent = names.parse_resource(parent, f"assets[{i}].resource.parent").full
             data = res.get("data")
             if isinstance(data, Mapping) and rn.type == f"{names.CRM}/Project":
-                pid = _get(data, "projectId")
+                pid = _get(data, "projectId", "project_id")
                 if isinstance(pid, str):
+                    names.parse_resource(f"projects/{pid}", f"assets[{i}].resource.data.projectId")
                     row.project_id = pid
-                pnum = _get(data, "projectNumber")
-                if isinstance(pnum, str | int) and str(pnum).isdigit():
+                pnum = _get(data, "projectNumber", "project_number")
+                if isinstance(pnum, str | int) and not isinstance(pnum, bool) and str(pnum).isascii() \
+                        and str(pnum).isdigit():
                     row.project_number = str(pnum)
-        pol = _get(rec, "iamPolicy")
+        pol = _get(rec, "iamPolicy", "iam_policy")
         if pol is not None:
-            if not isinstance(pol, Mapping):
-                raise InvalidArgument(f"Invalid {fld}.iamPolicy: expected a JSON object.", field=f"{fld}.iamPolicy")
-            row.policy = pol
+            row.policy_field = f"assets[{i}].iamPolicy"
+            row.policy = parse_allow_policy(pol, row.policy_field, lenient_version=True)
     return rows

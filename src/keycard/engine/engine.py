@@ -135,21 +135,22 @@ class Engine:
                 h.aliases[other] = row.name
                 h.project_alias[row.project_id] = row.project_number
                 h.project_alias[row.project_number] = row.project_id
-        for row in rows.values():
-            for a in row.ancestors:          # containers named only as ancestors still exist
-                rn = names.parse_resource(a)
-                if eng._lookup(rn.full) is None:
-                    h.node(rn.full, rn.type)
+        for row in rows.values():            # containers named only as ancestors still exist
+            for a in (row.own_ancestor, row.up_ancestor):
+                if a is not None and a not in h.nodes:
+                    rn = names.parse_resource(a)
+                    if eng._lookup(rn.full) is None:
+                        h.node(rn.full, rn.type)
         for row in rows.values():
             node = h.nodes[row.name]
-            parent = eng._parent_for(row.name, row.parent, row.ancestors)
+            parent = eng._parent_for(row.name, row.parent, row.own_ancestor, row.up_ancestor)
             if parent is not None:
                 h.set_parent(node, parent)
         for row in rows.values():
             if row.policy is not None:
-                pol = parse_allow_policy(row.policy, f"{row.field}.iamPolicy", lenient_version=True)
-                eng._check_roles(pol, h.nodes[row.name], f"{row.field}.iamPolicy", unknown_roles)
-                h.set_policy(h.nodes[row.name], pol)
+                eng._check_roles(row.policy, h.nodes[row.name], row.policy_field, unknown_roles)
+                h.set_policy(h.nodes[row.name], row.policy)
+        del rows
         if groups:
             eng._groups.load(groups)
         for i, d in enumerate(deny_policies or ()):
@@ -171,7 +172,7 @@ class Engine:
         self._roles.put_many(roles)
         return len(roles)
 
-    def _parent_for(self, name: str, explicit: str | None, ancestors: Sequence[str]) -> Node | None:
+    def _parent_for(self, name: str, explicit: str | None, own: str | None, up: str | None) -> Node | None:
         h = self._h
         if explicit:
             return self._lookup(explicit) or h.node(explicit, names.parse_resource(explicit).type)
@@ -180,11 +181,12 @@ class Engine:
             derived = self._lookup(rn.parent)
             if derived is not None:
                 return derived
-        if ancestors:
-            own = f"//{names.CRM}/{ancestors[0]}"
-            start = 1 if self._lookup(own) is h.nodes.get(name) or rn.is_container else 0
-            if len(ancestors) > start:
-                return self._lookup(f"//{names.CRM}/{ancestors[start]}")
+        if own is not None:
+            # a container's ancestors start with itself; a child resource's with its project
+            self_listed = rn.is_container or self._lookup(f"//{names.CRM}/{own}") is h.nodes.get(name)
+            target = up if self_listed else own
+            if target is not None:
+                return self._lookup(f"//{names.CRM}/{target}")
         if rn.parent is not None:
             return self._ensure(rn.parent)
         return None

@@ -135,12 +135,16 @@ def _get(obj: Mapping[str, Any], camel: str, default: Any = None) -> Any:
 
 
 def _mapping(value: object, fld: str) -> Mapping[str, Any]:
+    if type(value) is dict:
+        return value
     if not isinstance(value, Mapping):
         raise InvalidArgument(f"Invalid {fld}: expected a JSON object.", field=fld)
     return value
 
 
 def _list(value: object, fld: str) -> Sequence[Any]:
+    if type(value) is list:
+        return value
     if value is None:
         return ()
     if not isinstance(value, list | tuple):
@@ -149,6 +153,8 @@ def _list(value: object, fld: str) -> Sequence[Any]:
 
 
 def _str(value: object, fld: str, *, default: str = "") -> str:
+    if type(value) is str:
+        return value
     if value is None:
         return default
     if not isinstance(value, str):
@@ -190,8 +196,12 @@ def parse_allow_policy(value: object, fld: str = "policy", *, lenient_version: b
         if not members_raw:
             raise InvalidArgument(f"Invalid {bf}.members: a binding needs at least one member.",
                                   field=f"{bf}.members")
-        members = tuple(dict.fromkeys(names.parse_member(m, f"{bf}.members[{j}]")
-                                      for j, m in enumerate(members_raw)))
+        cache = names.MEMBER_CACHE
+        parsed: list[str] = []
+        for j, m in enumerate(members_raw):
+            k = cache.get(m) if type(m) is str else None
+            parsed.append(k if k is not None else names.parse_member(m, f"{bf}.members[{j}]"))
+        members = tuple(dict.fromkeys(parsed)) if len(parsed) > 1 else tuple(parsed)
         cond = None
         if b.get("condition") is not None:
             cond = parse_condition(b["condition"], f"{bf}.condition")

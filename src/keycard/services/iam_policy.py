@@ -141,9 +141,12 @@ def set_iam_policy(svc: Services, caller: Caller, resource: str, body: Mapping[s
     mask = _mask(body.get("updateMask"))
     parsed = parse_allow_policy(raw, "policy")
     eng = svc.runtime.engine
+    current, rev = _stored(svc, resource)
+    kept_roles = {b.get("role") for b in current.get("bindings", [])}
     for i, b in enumerate(parsed.bindings):
         role = eng.get_role(b.role)
-        if role is None or role.deleted:
+        # A binding of a deleted role that is already in the policy may stay (it grants nothing), as in Google.
+        if role is None or (role.deleted and b.role not in kept_roles):
             raise InvalidArgument(f"Invalid policy.bindings[{i}].role: role {b.role} does not exist"
                                   + (" (it was deleted)" if role is not None else "") + ".",
                                   field=f"policy.bindings[{i}].role", reason="UNKNOWN_ROLE")
@@ -155,6 +158,9 @@ def set_iam_policy(svc: Services, caller: Caller, resource: str, body: Mapping[s
     check_limits(parsed)
     if validate_members is not None:
         validate_members(parsed)
+    else:   # domain restricted sharing (iam.allowedPolicyMemberDomains); imported here to avoid a cycle
+        from keycard.services.orgpolicy_api import validate_member_domains
+        validate_member_domains(svc, resource, parsed)
     current, rev = _stored(svc, resource)
     etag = raw.get("etag")
     if "etag" in mask and etag:

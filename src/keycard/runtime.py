@@ -172,6 +172,9 @@ class Runtime:
                 e.remove_resource(name)
             elif kind == "iam_policy":
                 e.set_iam_policy(name, {"bindings": []}, unknown_roles="ignore")
+            elif kind == "role":
+                if e.get_role(name) is not None:
+                    e.delete_role(name)
             elif kind == "deny_policy":
                 attachment = name.split("/denypolicies/")[0][len("policies/"):]
                 for p in e.deny_policies(attachment):

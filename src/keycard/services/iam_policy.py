@@ -161,7 +161,6 @@ def set_iam_policy(svc: Services, caller: Caller, resource: str, body: Mapping[s
     else:   # domain restricted sharing (iam.allowedPolicyMemberDomains); imported here to avoid a cycle
         from keycard.services.orgpolicy_api import validate_member_domains
         validate_member_domains(svc, resource, parsed)
-    current, rev = _stored(svc, resource)
     etag = raw.get("etag")
     if "etag" in mask and etag:
         if not isinstance(etag, str):

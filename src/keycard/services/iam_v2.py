@@ -161,10 +161,10 @@ def _present(data: Mapping[str, Any], revision: int) -> dict[str, Any]:
 def _operation(name: str, policy: Mapping[str, Any], now: str, caller: Caller) -> tuple[dict[str, Any], Put]:
     """A done Operation; the stored copy (for operations.get) carries no etag: it is the commit's revision."""
     op_name = f"{name}/operations/{secrets.token_hex(8)}"
-    op = {"name": op_name, "done": True,
-          "metadata": {"@type": _V2 + "PolicyOperationMetadata", "createTime": now},
-          "response": {"@type": _V2 + "Policy", **policy}}
-    stored = {**op, "response": {k: v for k, v in op["response"].items() if k != "etag"}}
+    response: dict[str, Any] = {"@type": _V2 + "Policy", **policy}
+    op: dict[str, Any] = {"name": op_name, "done": True, "response": response,
+                          "metadata": {"@type": _V2 + "PolicyOperationMetadata", "createTime": now}}
+    stored = {**op, "response": {k: v for k, v in response.items() if k != "etag"}}
     return op, Put("operation", op_name, {**stored, "keycardCaller": caller.principal or ""})
 
 

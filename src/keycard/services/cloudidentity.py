@@ -248,15 +248,21 @@ def list_groups(svc: Services, caller: Caller, parent: object, page_size: object
     customer = _customer(svc)
     if parent not in (f"customers/{customer}", "customers/my_customer"):
         raise InvalidArgument(f"Invalid parent {parent!r}: expected 'customers/{customer}'.", field="parent")
-    groups: list[dict[str, Any]] = []
-    token = ""
-    while True:
-        page = svc.runtime.store.list("group", prefix="groups/", page_token=token)
-        groups.extend(_present(r) for r in page.records)
-        token = page.next_token
-        if not token:
-            break
-    return _page(groups, "groups", page_size, page_token, default=200, maximum=1000)
+    size = 200
+    if page_size not in (None, ""):
+        if not str(page_size).isdigit():
+            raise InvalidArgument(f"Invalid pageSize {page_size!r}: expected a non-negative integer.",
+                                  field="pageSize")
+        size = min(int(str(page_size)) or 200, 1000)
+    try:
+        page = svc.runtime.store.list("group", prefix="groups/", page_size=size, page_token=page_token or "")
+    except InvalidArgument:
+        raise InvalidArgument(f"Invalid pageToken {page_token!r}: pass the nextPageToken of the previous page.",
+                              field="pageToken") from None
+    out: dict[str, Any] = {"groups": [_present(r) for r in page.records]} if page.records else {}
+    if page.next_token:
+        out["nextPageToken"] = page.next_token
+    return out
 
 
 def lookup_group(svc: Services, caller: Caller, email: object) -> dict[str, Any]:
@@ -345,7 +351,10 @@ def _roles(value: object) -> list[str]:
 
 
 def _would_cycle(svc: Services, group_key: str, new_member: str) -> bool:
-    """Does ``new_member`` (a group) already contain ``group_key``, directly or through nesting?"""
+    """Does ``new_member`` (a group) already contain ``group_key``, directly or through nesting?
+
+    Read from the store, not the engine, so a write another replica has not yet delivered counts.
+    """
     stack, seen = [new_member], set()
     while stack:
         g = stack.pop()
@@ -354,7 +363,9 @@ def _would_cycle(svc: Services, group_key: str, new_member: str) -> bool:
         if g in seen:
             continue
         seen.add(g)
-        stack.extend(m for m in svc.runtime.engine.group_members(g) if m.startswith("group:"))
+        rec = _by_email(svc, g[len("group:"):])
+        if rec is not None:
+            stack.extend(str(m) for m in rec.data.get("keycardMembers", []) if str(m).startswith("group:"))
     return False
 
 

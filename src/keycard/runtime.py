@@ -51,6 +51,7 @@ class Runtime:
         self.store = store
         self.engine = Engine(clock=clock)
         self.applied = 0
+        self._group_emails: dict[str, str] = {}      # group record name → email, to undo hard deletes
         self._apply_lock = threading.Lock()
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
@@ -155,6 +156,7 @@ class Runtime:
                 email = str(d.get("groupKey", {}).get("id", ""))
                 members = [] if r.deleted else [str(m) for m in d.get("keycardMembers", [])]
                 if email:
+                    self._group_emails[r.name] = email
                     e.set_group_members(email, members)
             elif r.kind == "deny_policy":
                 if r.deleted:
@@ -175,6 +177,10 @@ class Runtime:
             elif kind == "role":
                 if e.get_role(name) is not None:
                     e.delete_role(name)
+            elif kind == "group":
+                email = self._group_emails.pop(name, None)
+                if email:
+                    e.set_group_members(email, [])
             elif kind == "deny_policy":
                 attachment = name.split("/denypolicies/")[0][len("policies/"):]
                 for p in e.deny_policies(attachment):

@@ -27,7 +27,8 @@ __all__ = ["ADMIN_ROLES", "Installation", "KeyRing", "default_database", "init_i
 
 # What an organization's first administrator needs to do everything administrative out of the box.
 # roles/owner alone lacks folder and project creation, org policy, deny policies, workload identity
-# pools and storage object access, so the admin also gets these.
+# pools and storage object access, so the admin also gets these — and keycard's own groups admin role
+# (Google governs Cloud Identity groups with Workspace admin roles, which keycard does not have).
 ADMIN_ROLES = (
     "roles/owner",
     "roles/resourcemanager.organizationAdmin",
@@ -38,6 +39,7 @@ ADMIN_ROLES = (
     "roles/iam.denyAdmin",
     "roles/iam.workloadIdentityPoolAdmin",
     "roles/storage.admin",
+    "roles/keycard.groupsAdmin",
 )
 
 

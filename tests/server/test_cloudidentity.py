@@ -18,21 +18,10 @@ PROJECT = "groups-proj-1"
 PERM = "resourcemanager.projects.get"
 
 
-class _Fresh:
-    """A discovery client rebuilt for every call: httplib2 does not retry a request on a connection
-    the server closed while idle (uvicorn keeps idle connections 5 s)."""
-
-    def __init__(self, server: Server, user: str) -> None:
-        self.server, self.user = server, user
-
-    def groups(self) -> Any:
-        creds = google.oauth2.credentials.Credentials(token=self.server.token(self.user))
-        return build("cloudidentity", "v1", credentials=creds, static_discovery=True,
-                     client_options={"api_endpoint": self.server.url}).groups()
-
-
 def ci(server: Server, user: str = ALICE) -> Any:
-    return _Fresh(server, user)
+    creds = google.oauth2.credentials.Credentials(token=server.token(user))
+    return build("cloudidentity", "v1", credentials=creds, static_discovery=True,
+                 client_options={"api_endpoint": server.url})
 
 
 def http(server: Server, user: str = ALICE) -> httpx.Client:

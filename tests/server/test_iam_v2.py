@@ -24,38 +24,17 @@ PARENT = f"policies/cloudresourcemanager.googleapis.com%2Fprojects%2F{PROJECT}/d
 DELETE = "cloudresourcemanager.googleapis.com/projects.delete"
 
 
-_TOKENS: dict[tuple[str, str], str] = {}
-
-
-def token(server: Server, user: str) -> str:
-    if (server.url, user) not in _TOKENS:
-        _TOKENS[server.url, user] = server.token(user)
-    return _TOKENS[server.url, user]
-
-
 def creds(server: Server, user: str = ALICE) -> google.oauth2.credentials.Credentials:
-    return google.oauth2.credentials.Credentials(token=token(server, user))
-
-
-class _Fresh:
-    """A discovery client rebuilt for every call: httplib2 does not retry a request on a connection
-    the server closed while idle (uvicorn keeps idle connections 5 s)."""
-
-    def __init__(self, server: Server, user: str) -> None:
-        self.server, self.user = server, user
-
-    def policies(self) -> Any:
-        return build("iam", "v2", credentials=creds(self.server, self.user), static_discovery=True,
-                     client_options={"api_endpoint": self.server.url}).policies()
+    return google.oauth2.credentials.Credentials(token=server.token(user))
 
 
 def iam(server: Server, user: str = ALICE) -> Any:
-    return _Fresh(server, user)
+    return build("iam", "v2", credentials=creds(server, user), static_discovery=True,
+                 client_options={"api_endpoint": server.url})
 
 
 def http(server: Server, user: str = ALICE) -> httpx.Client:
-    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token(server, user)}"},
-                        timeout=30)
+    return server.client(user)
 
 
 def gapic(server: Server, user: str = ALICE) -> iam_v2.PoliciesClient:

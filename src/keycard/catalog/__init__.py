@@ -38,6 +38,7 @@ ROLE_FILES: tuple[str, ...] = (
     "logging.yaml",
     "iap.yaml",
     "orgpolicy.yaml",
+    "keycard.yaml",     # keycard's own roles (roles/keycard.*): Cloud Identity groups administration
 )
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -271,18 +271,19 @@ class Engine:
             chain = node._chain if node._gen == h.gen else h.chain(node)
         else:
             chain = self._resolve(resource)[1]
+        keys = ident.keys
         if h.deny_nodes:
             for n in chain:
-                if n.deny is not None:
+                dn = n.deny
+                if dn is not None and dn.may_deny(keys, permission):
                     reason, conds = self._deny_on(n, ident, permission, resource, time)
                     if reason is not None:
                         return Decision(False, ident.principal, permission, resource, None, reason, conds,
                                         self, time)
         pending: list[tuple[Grant, str]] | None = None
-        keys = ident.keys
         for n in chain:
             allow = n.allow
-            if allow is None:
+            if allow is None or allow.keys().isdisjoint(keys):
                 continue
             for k in keys:
                 grants = allow.get(k)
@@ -325,8 +326,11 @@ class Engine:
         scope = g.role.scope
         if scope is None:
             return True
-        target = self._lookup(scope)
-        return target is not None and target in self._h.chain(g.node)
+        if g.scope_gen != self._h.gen:
+            target = self._lookup(scope)
+            g.scope_ok = target is not None and target in self._h.chain(g.node)
+            g.scope_gen = self._h.gen
+        return g.scope_ok
 
     def _context(self, resource: str, time: dt.datetime) -> ConditionContext:
         rn = names.parse_resource(resource)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from keycard.engine.engine import Engine
@@ -30,8 +30,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class ConditionResult:
+class ConditionResult(NamedTuple):
     """One evaluated IAM Condition: where it sits, its expression, its value or error."""
 
     resource: str             # node holding the binding / deny policy
@@ -45,8 +44,7 @@ class ConditionResult:
         return f"condition `{self.expression}` → {out}"
 
 
-@dataclass(frozen=True, slots=True)
-class GrantReason:
+class GrantReason(NamedTuple):
     resource: str                 # node whose allow policy grants
     binding_index: int
     role: str
@@ -61,8 +59,7 @@ class GrantReason:
                 f"to {self.member}" + (f" via {via}" if len(self.membership) > 1 else "") + cond)
 
 
-@dataclass(frozen=True, slots=True)
-class DenyReason:
+class DenyReason(NamedTuple):
     attachment: str               # node the deny policy is attached to
     policy: str
     rule_index: int

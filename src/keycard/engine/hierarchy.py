@@ -23,7 +23,7 @@ __all__ = ["DenyIndex", "Grant", "Hierarchy", "Node"]
 class Grant:
     """One binding of one node, shared by all of its members' index entries."""
 
-    __slots__ = ("binding", "cond", "index", "node", "role")
+    __slots__ = ("binding", "cond", "index", "node", "role", "scope_gen", "scope_ok")
 
     def __init__(self, node: Node, index: int, binding: Binding, role: RoleHandle) -> None:
         self.node = node
@@ -31,27 +31,42 @@ class Grant:
         self.binding = binding
         self.role = role
         self.cond = binding.condition.compiled if binding.condition is not None else None
+        self.scope_gen = -1          # custom roles: is the binding inside the role's scope? cached per topology
+        self.scope_ok = False
 
 
 class DenyIndex:
     """Deny rules attached to one node: exact permissions bucketed, wildcards listed."""
 
-    __slots__ = ("exact", "policies", "wild")
+    __slots__ = ("exact", "policies", "principals", "wild", "wild_prefixes")
 
     def __init__(self, policies: dict[str, DenyPolicy]) -> None:
         self.policies = policies
         self.exact: dict[str, list[tuple[DenyPolicy, int, DenyRule]]] = {}
         self.wild: list[tuple[DenyPolicy, int, DenyRule]] = []
+        principals: set[str] = set()
+        prefixes: set[str] = set()
         for pol in policies.values():
             for i, rule in enumerate(pol.rules):
+                principals |= rule.denied_principals
                 wildcard = False
                 for prefix, res, verb in rule.denied_permissions:
                     if res == "*" or verb == "*":
                         wildcard = True
+                        prefixes.add(prefix)
                     else:
                         self.exact.setdefault(f"{prefix}.{res}.{verb}", []).append((pol, i, rule))
                 if wildcard:
                     self.wild.append((pol, i, rule))
+        self.principals = frozenset(principals)     # quick reject: no listed principal among the caller's keys
+        self.wild_prefixes = frozenset(prefixes)     # quick reject: no permission group of this service
+
+    def may_deny(self, keys: tuple[str, ...], permission: str) -> bool:
+        """Cheap test that lets most checks skip the rules entirely."""
+        if self.principals.isdisjoint(keys):
+            return False
+        return permission in self.exact or (bool(self.wild_prefixes)
+                                            and _split_permission(permission)[0] in self.wild_prefixes)
 
     def candidates(self, permission: str) -> Iterator[tuple[DenyPolicy, int, DenyRule]]:
         yield from self.exact.get(permission, ())

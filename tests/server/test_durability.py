@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from conftest import KEYCARD, Server, start_server, stop_server
 from pg import PgUnavailable, cluster_url, create_database, drop_database
 

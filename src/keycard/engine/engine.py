@@ -35,6 +35,7 @@ from keycard import names
 from keycard.engine.assets import read_assets
 from keycard.engine.conditions import CompiledCondition, ConditionContext, ConditionError
 from keycard.engine.explain import (
+    NOT_CHECKED,
     BindingExplanation,
     ConditionResult,
     Decision,
@@ -294,15 +295,10 @@ class Engine:
         else:
             chain = self._resolve(resource)[1]
         keys = ident.keys
-        if h.deny_nodes:
-            for n in chain:
-                dn = n.deny
-                if dn is not None and dn.may_deny(keys, permission):
-                    reason, conds = self._deny_on(n, ident, permission, resource, time)
-                    if reason is not None:
-                        return Decision(False, ident.principal, permission, resource, None, reason, conds,
-                                        self, time)
+        # Allow first, deny second: the deny rules only matter when something grants. A decision
+        # that nothing grants is NOT_GRANTED either way; its deny reason is computed if asked for.
         pending: list[tuple[Grant, str]] | None = None
+        found: tuple[Grant, str, Identity, ConditionResult | None] | None = None
         for n in chain:
             allow = n.allow
             if allow is None or allow.keys().isdisjoint(keys):
@@ -314,17 +310,54 @@ class Engine:
                 for g in grants:
                     if permission in g.role.perms:
                         if g.cond is None and g.role.scope is None:
-                            return Decision(True, ident.principal, permission, resource, (g, k, ident, None),
-                                            None, (), self, time)
+                            found = (g, k, ident, None)
+                            break
                         if pending is None:
                             pending = []
                         pending.append((g, k))
-        if pending is None:
-            return Decision(False, ident.principal, permission, resource, None, None, (), self, time)
-        return self._check_pending(ident, permission, resource, time, pending)
+                if found is not None:
+                    break
+            if found is not None:
+                break
+        conds: tuple[ConditionResult, ...] = ()
+        if found is None:
+            if pending is None:
+                return Decision(False, ident.principal, permission, resource, None, NOT_CHECKED, (), self, time)
+            if time is None:
+                time = self._clock()
+            found, conds = self._check_pending(ident, resource, time, pending)
+            if found is None:
+                return Decision(False, ident.principal, permission, resource, None, NOT_CHECKED, conds, self,
+                                time)
+        if h.deny_nodes:
+            for n in chain:
+                dn = n.deny
+                if dn is not None and dn.may_deny(keys, permission):
+                    reason, dconds = self._deny_on(n, ident, permission, resource, time)
+                    if reason is not None:
+                        return Decision(False, ident.principal, permission, resource, None, reason, conds + dconds,
+                                        self, time)
+                    conds += dconds
+        return Decision(True, ident.principal, permission, resource, found, None, conds, self, time)
 
-    def _check_pending(self, ident: Identity, permission: str, resource: str, time: dt.datetime | None,
-                       pending: list[tuple[Grant, str]]) -> Decision:
+    def deny_reason(self, principal: str | None, permission: str, resource: str, *,
+                    time: dt.datetime | None = None) -> tuple[DenyReason | None, tuple[ConditionResult, ...]]:
+        """The deny rule on the resource's ancestry that denies this request, if any."""
+        ident = self._groups.identity(principal)
+        chain = self._resolve(resource)[1]
+        conds: tuple[ConditionResult, ...] = ()
+        for n in chain:
+            dn = n.deny
+            if dn is not None and dn.may_deny(ident.keys, permission):
+                reason, dconds = self._deny_on(n, ident, permission, resource, time)
+                conds += dconds
+                if reason is not None:
+                    return reason, conds
+        return None, conds
+
+    def _check_pending(self, ident: Identity, resource: str, time: dt.datetime, pending: list[tuple[Grant, str]]
+                       ) -> tuple[tuple[Grant, str, Identity, ConditionResult | None] | None,
+                                  tuple[ConditionResult, ...]]:
         """Grants that need more than a set probe: custom-role scope and IAM Conditions."""
         results: list[ConditionResult] = []
         ctx: ConditionContext | None = None
@@ -332,17 +365,14 @@ class Engine:
             if g.role.scope is not None and not self._in_scope(g):
                 continue
             if g.cond is None:
-                return Decision(True, ident.principal, permission, resource, (g, k, ident, None), None,
-                                tuple(results), self, time)
+                return (g, k, ident, None), tuple(results)
             if ctx is None:
-                time = time or self._clock()
                 ctx = self._context(resource, time)
             res = _evaluate(g.cond, ctx, g.node.name, f"bindings[{g.index}]")
             results.append(res)
             if res.value:
-                return Decision(True, ident.principal, permission, resource, (g, k, ident, res), None,
-                                tuple(results), self, time)
-        return Decision(False, ident.principal, permission, resource, None, None, tuple(results), self, time)
+                return (g, k, ident, res), tuple(results)
+        return None, tuple(results)
 
     def _in_scope(self, g: Grant) -> bool:
         scope = g.role.scope
@@ -562,7 +592,7 @@ class Engine:
                 for g in allow.get(k, ()):
                     if permission in g.role.perms:
                         pending.append((g, k))
-        return bool(pending) and self._check_pending(ident, permission, resource, time, pending).allowed
+        return bool(pending) and self._check_pending(ident, resource, time or self._clock(), pending)[0] is not None
 
     def get_iam_policy(self, resource: str) -> AllowPolicy | None:
         node = self._lookup(names.parse_resource(resource).full)

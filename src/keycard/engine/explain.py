@@ -73,13 +73,18 @@ class DenyReason(NamedTuple):
                 f"matching {self.principal}" + cond)
 
 
+NOT_CHECKED = object()   # a Decision's deny reason that was not needed to decide (computed on first use)
+
+
 class Decision:
     """The answer to (principal, permission, resource), with its reasons."""
 
-    __slots__ = ("_engine", "_grant", "allowed", "conditions", "deny", "permission", "principal", "resource", "time")
+    __slots__ = ("_deny", "_engine", "_grant", "allowed", "conditions", "permission", "principal", "resource",
+                 "time")
 
     def __init__(self, allowed: bool, principal: str, permission: str, resource: str,
-                 grant: tuple[Grant, str, Identity, ConditionResult | None] | None, deny: DenyReason | None,
+                 grant: tuple[Grant, str, Identity, ConditionResult | None] | None,
+                 deny: DenyReason | object | None,
                  conditions: tuple[ConditionResult, ...], engine: Engine | None,
                  time: dt.datetime | None) -> None:
         self.allowed = allowed
@@ -87,13 +92,24 @@ class Decision:
         self.permission = permission
         self.resource = resource
         self._grant = grant             # built into a GrantReason on first use: the hot path stays cheap
-        self.deny = deny
+        self._deny = deny               # NOT_CHECKED: a not-granted decision looks at deny rules only if asked
         self.conditions = conditions
         self._engine = engine
         self.time = time
 
     def __bool__(self) -> bool:
         return self.allowed
+
+    @property
+    def deny(self) -> DenyReason | None:
+        """The deny rule that denied (None if none did)."""
+        if self._deny is NOT_CHECKED:
+            found = None
+            if self._engine is not None:
+                found, conds = self._engine.deny_reason(self.principal, self.permission, self.resource, time=self.time)
+                self.conditions = self.conditions + conds
+            self._deny = found
+        return self._deny  # type: ignore[return-value]
 
     @property
     def grant(self) -> GrantReason | None:

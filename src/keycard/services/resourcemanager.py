@@ -256,8 +256,10 @@ def search(svc: Services, caller: Caller, kind: str, query: str, page_size: obje
 
 def _mutate(svc: Services, caller: Caller, fn: str, permission: str, method: str, *, short: str,
             change: Any, op_kind: str, metadata_type: str, extra_check: Any = None,
-            request: Mapping[str, Any] | None = None, new_parent: str | None = None) -> dict[str, Any]:
-    svc.authorize(caller, permission, fn, service=SERVICE, shown=full(short))
+            request: Mapping[str, Any] | None = None, new_parent: str | None = None,
+            shown: str | None = None) -> dict[str, Any]:
+    # ``shown``: the name as the caller wrote it (a project id), so a denial does not reveal the number
+    svc.authorize(caller, permission, fn, service=SERVICE, shown=full(shown or short))
     if extra_check is not None:
         extra_check()
     rec = _get(svc, fn)
@@ -289,7 +291,8 @@ def update_folder(svc: Services, caller: Caller, folder: str, body: Mapping[str,
                    change=change, op_kind="uf", metadata_type="UpdateFolderMetadata", request=dict(body))
 
 
-def move(svc: Services, caller: Caller, kind: str, fn: str, body: Mapping[str, Any]) -> dict[str, Any]:
+def move(svc: Services, caller: Caller, kind: str, fn: str, body: Mapping[str, Any], *,
+         shown: str | None = None) -> dict[str, Any]:
     dest = _parent(body.get("destinationParent") if isinstance(body, Mapping) else None, "destinationParent")
     singular = kind[:-1]
     short = fn.split("/", 3)[3]
@@ -307,10 +310,10 @@ def move(svc: Services, caller: Caller, kind: str, fn: str, body: Mapping[str, A
     return _mutate(svc, caller, fn, f"resourcemanager.{kind}.move",
                    f"google.cloud.resourcemanager.v3.{kind.title()}.Move{singular.title()}", short=short,
                    change=change, op_kind="m" + singular[0], metadata_type=f"Move{singular.title()}Metadata",
-                   extra_check=check, request=dict(body), new_parent=dest)
+                   extra_check=check, request=dict(body), new_parent=dest, shown=shown)
 
 
-def delete(svc: Services, caller: Caller, kind: str, fn: str) -> dict[str, Any]:
+def delete(svc: Services, caller: Caller, kind: str, fn: str, *, shown: str | None = None) -> dict[str, Any]:
     short = fn.split("/", 3)[3]
     singular = kind[:-1]
 
@@ -330,10 +333,10 @@ def delete(svc: Services, caller: Caller, kind: str, fn: str) -> dict[str, Any]:
     return _mutate(svc, caller, fn, f"resourcemanager.{kind}.delete",
                    f"google.cloud.resourcemanager.v3.{kind.title()}.Delete{singular.title()}", short=short,
                    change=change, op_kind="d" + singular[0], metadata_type=f"Delete{singular.title()}Metadata",
-                   extra_check=check)
+                   extra_check=check, shown=shown)
 
 
-def undelete(svc: Services, caller: Caller, kind: str, fn: str) -> dict[str, Any]:
+def undelete(svc: Services, caller: Caller, kind: str, fn: str, *, shown: str | None = None) -> dict[str, Any]:
     short = fn.split("/", 3)[3]
     singular = kind[:-1]
 
@@ -344,7 +347,8 @@ def undelete(svc: Services, caller: Caller, kind: str, fn: str) -> dict[str, Any
         d.pop("deleteTime", None)
     return _mutate(svc, caller, fn, f"resourcemanager.{kind}.undelete",
                    f"google.cloud.resourcemanager.v3.{kind.title()}.Undelete{singular.title()}", short=short,
-                   change=change, op_kind="ud" + singular[0], metadata_type=f"Undelete{singular.title()}Metadata")
+                   change=change, op_kind="ud" + singular[0], metadata_type=f"Undelete{singular.title()}Metadata",
+                   shown=shown)
 
 
 # -------------------------------------------------------------------------------------- projects

@@ -79,15 +79,15 @@ def register(router: Router) -> None:
             query=("parent", "pageSize", "pageToken", "showDeleted"))
         add("POST", f"/v3/{kind}/{{ident}}:move",
             lambda app, ctx, ident, kind=kind, resolve=resolve: crm.move(
-                app.services, ctx.caller, kind, resolve(app, ident), ctx.body),
+                app.services, ctx.caller, kind, resolve(app, ident), ctx.body, shown=f"{kind}/{ident}"),
             f"cloudresourcemanager.{kind}.move", f"resourcemanager.{kind}.move", body=True)
         add("POST", f"/v3/{kind}/{{ident}}:undelete",
             lambda app, ctx, ident, kind=kind, resolve=resolve: crm.undelete(
-                app.services, ctx.caller, kind, resolve(app, ident)),
+                app.services, ctx.caller, kind, resolve(app, ident), shown=f"{kind}/{ident}"),
             f"cloudresourcemanager.{kind}.undelete", f"resourcemanager.{kind}.undelete", body=True)
         add("DELETE", f"/v3/{kind}/{{ident}}",
             lambda app, ctx, ident, kind=kind, resolve=resolve: crm.delete(
-                app.services, ctx.caller, kind, resolve(app, ident)),
+                app.services, ctx.caller, kind, resolve(app, ident), shown=f"{kind}/{ident}"),
             f"cloudresourcemanager.{kind}.delete", f"resourcemanager.{kind}.delete")
 
     add("POST", "/v3/folders", lambda app, ctx: crm.create_folder(app.services, ctx.caller, ctx.body),

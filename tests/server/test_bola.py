@@ -1,0 +1,312 @@
+"""BOLA/BFLA matrix: for every API method, a principal without the permission gets 403 PERMISSION_DENIED
+naming the permission, and the same answer whether or not the resource exists.
+
+The matrix is driven by the route table (``keycard.http.routes.register``): every route must have a case
+below or be listed in ``SKIPPED`` with the reason, so a new route cannot slip past it. Each case is a
+request with placeholders (``{PROJECT}``, ``{GROUP}``…); the admin creates the real objects first, and
+each swap replaces one placeholder by a name of the same shape that names nothing. The stranger
+(authenticated, no grants anywhere) sends both, and the two answers must be identical once the two names
+are exchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import Server
+from keycard.http import routes
+from keycard.http.routing import Route, Router
+
+STRANGER = "mallory@example.com"
+ATT = "cloudresourcemanager.googleapis.com%2Fprojects%2F{PROJECT}"
+DISCUSSION = {"cloudidentity.googleapis.com/groups.discussion_forum": ""}
+DENY_RULE = {"denyRule": {"deniedPrincipals": ["principalSet://goog/public:all"],
+                          "deniedPermissions": ["cloudresourcemanager.googleapis.com/projects.delete"]}}
+BOB_TUPLE = {"accessTuple": {"principal": "user:bob@example.com",
+                             "fullResourceName": "//cloudresourcemanager.googleapis.com/projects/{PROJECT}",
+                             "permission": "resourcemanager.projects.get"}}
+
+
+@dataclass(frozen=True)
+class Case:
+    method: str
+    path: str
+    swaps: tuple[str, ...]                      # placeholders replaced, one at a time, by a missing name
+    query: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    # "denied": 403 PERMISSION_DENIED naming the permission. "same": the stranger's answer does not depend
+    # on existence and leaks nothing (filtered searches, catalog queries, the caller's own operations).
+    expect: str = "denied"
+
+
+# Routes not in the matrix, and why.
+SKIPPED = {
+    "iam.roles.list": "predefined roles are a public catalog, readable by anyone (with parent=, it is "
+                      "iam.projects.roles.list / iam.organizations.roles.list, covered below)",
+    "iam.roles.get": "predefined roles are a public catalog, readable by anyone",
+    "keycard.jwks": "public: the token-signing public keys",
+}
+
+CASES: dict[str, Case] = {
+    # ------------------------------------------------------------------------- resource manager
+    "cloudresourcemanager.organizations.search": Case(
+        "GET", "/v3/organizations:search", ("ORG",), query={"query": "name:organizations/{ORG}"}, expect="same"),
+    "cloudresourcemanager.organizations.get": Case("GET", "/v3/organizations/{ORG}", ("ORG",)),
+    "cloudresourcemanager.folders.search": Case(
+        "GET", "/v3/folders:search", ("FOLDER",), query={"query": "name:folders/{FOLDER}"}, expect="same"),
+    "cloudresourcemanager.projects.search": Case(
+        "GET", "/v3/projects:search", ("PROJECT",), query={"query": "projectId:{PROJECT}"}, expect="same"),
+    "cloudresourcemanager.folders.list": Case("GET", "/v3/folders", ("FOLDER",), query={"parent": "folders/{FOLDER}"}),
+    "cloudresourcemanager.projects.list": Case("GET", "/v3/projects", ("FOLDER",),
+                                               query={"parent": "folders/{FOLDER}"}),
+    "cloudresourcemanager.folders.create": Case("POST", "/v3/folders", ("FOLDER",),
+                                                body={"parent": "folders/{FOLDER}", "displayName": "mallory"}),
+    "cloudresourcemanager.projects.create": Case("POST", "/v3/projects", ("FOLDER",),
+                                                 body={"projectId": "mallory-proj", "parent": "folders/{FOLDER}"}),
+    "cloudresourcemanager.folders.get": Case("GET", "/v3/folders/{FOLDER}", ("FOLDER",)),
+    "cloudresourcemanager.folders.patch": Case("PATCH", "/v3/folders/{FOLDER}", ("FOLDER",),
+                                               query={"updateMask": "displayName"}, body={"displayName": "pwned"}),
+    "cloudresourcemanager.projects.get": Case("GET", "/v3/projects/{PROJECT}", ("PROJECT",)),
+    "cloudresourcemanager.projects.patch": Case("PATCH", "/v3/projects/{PROJECT}", ("PROJECT",),
+                                                query={"updateMask": "displayName"}, body={"displayName": "pwned"}),
+    "cloudresourcemanager.operations.get": Case("GET", "/v3/operations/{CRMOP}", ("CRMOP",), expect="same"),
+    # --------------------------------------------------------------------- custom roles, catalog
+    "iam.roles.queryGrantableRoles": Case(
+        "POST", "/v1/roles:queryGrantableRoles", ("PROJECT",),
+        body={"fullResourceName": "//cloudresourcemanager.googleapis.com/projects/{PROJECT}"}, expect="same"),
+    "iam.permissions.queryTestablePermissions": Case(
+        "POST", "/v1/permissions:queryTestablePermissions", ("PROJECT",),
+        body={"fullResourceName": "//cloudresourcemanager.googleapis.com/projects/{PROJECT}"}, expect="same"),
+    # ------------------------------------------------------------------------------ deny policies
+    "iam.policies.operations.get": Case(
+        "GET", f"/v2/policies/{ATT}/denypolicies/{{DENY}}/operations/{{DENYOP}}", ("PROJECT", "DENY", "DENYOP")),
+    "iam.policies.createPolicy": Case("POST", f"/v2/policies/{ATT}/denypolicies", ("PROJECT",),
+                                      query={"policyId": "mallory-deny"}, body={"rules": [DENY_RULE]}),
+    "iam.policies.listPolicies": Case("GET", f"/v2/policies/{ATT}/denypolicies", ("PROJECT",)),
+    "iam.policies.get": Case("GET", f"/v2/policies/{ATT}/denypolicies/{{DENY}}", ("PROJECT", "DENY")),
+    "iam.policies.update": Case("PUT", f"/v2/policies/{ATT}/denypolicies/{{DENY}}", ("PROJECT", "DENY"),
+                                body={"rules": [DENY_RULE]}),
+    "iam.policies.delete": Case("DELETE", f"/v2/policies/{ATT}/denypolicies/{{DENY}}", ("PROJECT", "DENY")),
+    # ------------------------------------------------------------------------------------ groups
+    "cloudidentity.groups.lookup": Case("GET", "/v1/groups:lookup", ("GEMAIL",), query={"groupKey.id": "{GEMAIL}"}),
+    "cloudidentity.groups.create": Case(
+        "POST", "/v1/groups", ("CUSTOMER",), query={"initialGroupConfig": "EMPTY"},
+        body={"groupKey": {"id": "mallory-team@example.com"}, "parent": "customers/{CUSTOMER}",
+              "labels": DISCUSSION}),
+    "cloudidentity.groups.list": Case("GET", "/v1/groups", ("CUSTOMER",), query={"parent": "customers/{CUSTOMER}"}),
+    "cloudidentity.groups.get": Case("GET", "/v1/groups/{GROUP}", ("GROUP",)),
+    "cloudidentity.groups.patch": Case("PATCH", "/v1/groups/{GROUP}", ("GROUP",),
+                                       query={"updateMask": "displayName"}, body={"displayName": "pwned"}),
+    "cloudidentity.groups.delete": Case("DELETE", "/v1/groups/{GROUP}", ("GROUP",)),
+    "cloudidentity.groups.memberships.lookup": Case(
+        "GET", "/v1/groups/{GROUP}/memberships:lookup", ("GROUP", "MEMAIL"), query={"memberKey.id": "{MEMAIL}"}),
+    "cloudidentity.groups.memberships.create": Case(
+        "POST", "/v1/groups/{GROUP}/memberships", ("GROUP",),
+        body={"preferredMemberKey": {"id": STRANGER}, "roles": [{"name": "MEMBER"}]}),
+    "cloudidentity.groups.memberships.list": Case("GET", "/v1/groups/{GROUP}/memberships", ("GROUP",)),
+    "cloudidentity.groups.memberships.get": Case("GET", "/v1/groups/{GROUP}/memberships/{MEMBERSHIP}",
+                                                 ("GROUP", "MEMBERSHIP")),
+    "cloudidentity.groups.memberships.delete": Case("DELETE", "/v1/groups/{GROUP}/memberships/{MEMBERSHIP}",
+                                                    ("GROUP", "MEMBERSHIP")),
+    # ----------------------------------------------------------------------------- troubleshooter
+    # Anyone may troubleshoot their own access, so the tuple names someone else.
+    "policytroubleshooter.iam.troubleshoot": Case("POST", "/v1/iam:troubleshoot", ("PROJECT",), body=BOB_TUPLE),
+    "policytroubleshooter.iam.v3.troubleshoot": Case("POST", "/v3/iam:troubleshoot", ("PROJECT",), body=BOB_TUPLE),
+}
+
+_SET_POLICY = {"policy": {"bindings": [{"role": "roles/owner", "members": [f"user:{STRANGER}"]}]}}
+for _kind, _key in (("organizations", "ORG"), ("folders", "FOLDER"), ("projects", "PROJECT")):
+    _node = f"{_kind}/{{{_key}}}"
+    _crm = f"cloudresourcemanager.{_kind}"
+    CASES[f"{_crm}.getIamPolicy"] = Case("POST", f"/v3/{_node}:getIamPolicy", (_key,), body={})
+    CASES[f"{_crm}.setIamPolicy"] = Case("POST", f"/v3/{_node}:setIamPolicy", (_key,), body=_SET_POLICY)
+    # testIamPermissions needs no permission: it answers for the caller, so the stranger gets the same empty answer
+    CASES[f"{_crm}.testIamPermissions"] = Case("POST", f"/v3/{_node}:testIamPermissions", (_key,),
+                                               body={"permissions": [f"resourcemanager.{_kind}.get"]}, expect="same")
+    if _kind != "organizations":
+        CASES[f"{_crm}.move"] = Case("POST", f"/v3/{_node}:move", (_key,),
+                                     body={"destinationParent": "organizations/{ORG}"})
+        CASES[f"{_crm}.undelete"] = Case("POST", f"/v3/{_node}:undelete", (_key,), body={})
+        CASES[f"{_crm}.delete"] = Case("DELETE", f"/v3/{_node}", (_key,))
+    if _kind != "folders":
+        _role, _rkey = f"/v1/{_kind}/{{{_key}}}/roles", ("PROLE" if _kind == "projects" else "OROLE")
+        _iam = f"iam.{_kind}.roles"
+        CASES[f"{_iam}.create"] = Case("POST", _role, (_key,), body={
+            "roleId": "malloryRole", "role": {"title": "m", "includedPermissions": ["resourcemanager.projects.get"]}})
+        CASES[f"{_iam}.list"] = Case("GET", _role, (_key,))
+        CASES[f"{_iam}.undelete"] = Case("POST", f"{_role}/{{{_rkey}}}:undelete", (_key, _rkey), body={})
+        CASES[f"{_iam}.get"] = Case("GET", f"{_role}/{{{_rkey}}}", (_key, _rkey))
+        CASES[f"{_iam}.patch"] = Case("PATCH", f"{_role}/{{{_rkey}}}", (_key, _rkey), query={"updateMask": "title"},
+                                      body={"title": "pwned"})
+        CASES[f"{_iam}.delete"] = Case("DELETE", f"{_role}/{{{_rkey}}}", (_key, _rkey))
+    _op, _pol = f"orgpolicy.{_kind}", f"/v2/{_node}/policies"
+    CASES[f"{_op}.constraints.list"] = Case("GET", f"/v2/{_node}/constraints", (_key,))
+    CASES[f"{_op}.policies.create"] = Case("POST", _pol, (_key,), body={
+        "name": f"{_node}/policies/iam.disableServiceAccountKeyUpload", "spec": {"rules": [{"enforce": True}]}})
+    CASES[f"{_op}.policies.list"] = Case("GET", _pol, (_key,))
+    CASES[f"{_op}.policies.getEffectivePolicy"] = Case("GET", f"{_pol}/{{CONSTRAINT}}:getEffectivePolicy",
+                                                       (_key, "CONSTRAINT"))
+    CASES[f"{_op}.policies.get"] = Case("GET", f"{_pol}/{{CONSTRAINT}}", (_key, "CONSTRAINT"))
+    CASES[f"{_op}.policies.patch"] = Case("PATCH", f"{_pol}/{{CONSTRAINT}}", (_key, "CONSTRAINT"), body={
+        "name": f"{_node}/policies/{{CONSTRAINT}}", "spec": {"rules": [{"enforce": False}]}})
+    CASES[f"{_op}.policies.delete"] = Case("DELETE", f"{_pol}/{{CONSTRAINT}}", (_key, "CONSTRAINT"))
+
+
+def _router() -> Router:
+    router = Router()
+    routes.register(router)
+    return router
+
+
+ROUTES: list[Route] = _router().routes
+MATRIX = [pytest.param(r, swap, id=f"{r.operation_id}[{swap}]")
+          for r in ROUTES if r.operation_id in CASES for swap in CASES[r.operation_id].swaps]
+
+
+def _fill(value: Any, names: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return value.format(**names)
+    if isinstance(value, dict):
+        return {k: _fill(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, names) for v in value]
+    return value
+
+
+def _send(c: httpx.Client, case: Case, names: dict[str, str]) -> httpx.Response:
+    kwargs: dict[str, Any] = {"params": _fill(case.query, names)}
+    if case.body is not None:
+        kwargs["json"] = _fill(case.body, names)
+    return c.request(case.method, _fill(case.path, names), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def world(server: Server) -> dict[str, dict[str, str]]:
+    """Create one of everything as the admin; return {"existing": names, "missing": same-shape names}."""
+    c = server.client()
+
+    def ok(r: httpx.Response) -> Any:
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    org = server.organization.split("/")[1]
+    op = ok(c.post("/v3/folders", json={"parent": server.organization, "displayName": "bola"}))
+    folder = op["response"]["name"].split("/")[1]
+    crm_op = op["name"].split("/")[1]
+    ok(c.post("/v3/projects", json={"projectId": "bola-proj-1", "parent": f"folders/{folder}"}))
+    role = {"title": "r", "includedPermissions": ["resourcemanager.projects.get"]}
+    ok(c.post("/v1/projects/bola-proj-1/roles", json={"roleId": "bolaRole", "role": role}))
+    ok(c.post(f"/v1/organizations/{org}/roles", json={"roleId": "bolaOrgRole", "role": role}))
+    deny = ok(c.post("/v2/policies/cloudresourcemanager.googleapis.com%2Fprojects%2Fbola-proj-1/denypolicies",
+                     params={"policyId": "bola-deny"}, json={"rules": [DENY_RULE]}))
+    deny_op = deny["name"].rsplit("/", 1)[1]
+    customer = _customer(server)
+    group_op = ok(c.post("/v1/groups", params={"initialGroupConfig": "EMPTY"}, json={
+        "groupKey": {"id": "bola-team@example.com"}, "parent": f"customers/{customer}", "labels": DISCUSSION}))
+    group = group_op["response"]["name"].split("/")[1]
+    member_op = ok(c.post(f"/v1/groups/{group}/memberships", json={
+        "preferredMemberKey": {"id": "bola-member@example.com"}, "roles": [{"name": "MEMBER"}]}))
+    membership = member_op["response"]["name"].rsplit("/", 1)[1]
+    for node in (f"organizations/{org}", f"folders/{folder}", "projects/bola-proj-1"):
+        ok(c.post(f"/v2/{node}/policies", json={"name": f"{node}/policies/iam.disableServiceAccountKeyCreation",
+                                                "spec": {"rules": [{"enforce": True}]}}))
+    existing = {"ORG": org, "FOLDER": folder, "PROJECT": "bola-proj-1", "PROLE": "bolaRole",
+                "OROLE": "bolaOrgRole", "DENY": "bola-deny", "DENYOP": deny_op, "CRMOP": crm_op,
+                "GROUP": group, "GEMAIL": "bola-team@example.com", "MEMBERSHIP": membership,
+                "MEMAIL": "bola-member@example.com", "CUSTOMER": customer,
+                "CONSTRAINT": "iam.disableServiceAccountKeyCreation"}
+    missing = {"ORG": _other_digits(org), "FOLDER": _other_digits(folder), "PROJECT": "gone-proj-1",
+               "PROLE": "goneRole", "OROLE": "goneOrgRole", "DENY": "gone-deny", "DENYOP": _other_id(deny_op),
+               "CRMOP": _other_id(crm_op), "GROUP": _other_id(group), "GEMAIL": "gone-team@example.com",
+               "MEMBERSHIP": _other_id(membership), "MEMAIL": "gone-member@example.com",
+               "CUSTOMER": _other_id(customer), "CONSTRAINT": "iam.disableServiceAccountKeyUpload"}
+    return {"existing": existing, "missing": missing}
+
+
+def _customer(server: Server) -> str:
+    from keycard.store.sql import open_store
+
+    store = open_store(server.database)
+    try:
+        inst = store.get("installation", "default")
+        assert inst is not None
+        return str(inst.data["customerId"])
+    finally:
+        store.close()
+
+
+def _other_digits(value: str) -> str:
+    """A number of the same length that is not ``value``."""
+    return "".join("7" if ch != "7" else "3" for ch in value)
+
+
+def _other_id(value: str) -> str:
+    """An id of the same length and alphabet (digits and lower-case letters kept as such) that is not ``value``."""
+    out = []
+    for ch in value:
+        if ch.isdigit():
+            out.append("7" if ch != "7" else "3")
+        elif ch.isalpha() and ch.islower():
+            out.append("q" if ch != "q" else "z")
+        elif ch.isalpha():
+            out.append("Q" if ch != "Q" else "Z")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def test_every_route_is_in_the_matrix_or_skipped_with_a_reason() -> None:
+    ops = [r.operation_id for r in ROUTES]
+    assert len(ops) == len(set(ops)), "operation ids must be unique"
+    unaccounted = [r.operation_id for r in ROUTES if r.operation_id not in CASES and r.operation_id not in SKIPPED]
+    assert unaccounted == [], f"routes with no BOLA case and no reason to skip: {unaccounted}"
+    assert set(CASES) <= set(ops) and set(SKIPPED) <= set(ops), set(CASES) - set(ops) | set(SKIPPED) - set(ops)
+    router = _router()
+    for r in ROUTES:
+        if r.operation_id in SKIPPED:
+            continue
+        case = CASES[r.operation_id]
+        hit, _params, _other = router.match(case.method, case.path.replace("{", "x").replace("}", "x"))
+        assert hit is not None and hit.operation_id == r.operation_id, f"case for {r.operation_id} hits {hit}"
+        # every route with a permission is checked for 403; the others only for a same answer
+        assert (case.expect == "denied") == bool(r.permission) or r.operation_id.endswith("search") \
+            or r.operation_id.startswith("iam.roles.query"), r.operation_id
+
+
+def _normalised(r: httpx.Response, replace: tuple[str, str] | None = None) -> Any:
+    text = r.text
+    if replace is not None:
+        text = text.replace(*replace)
+    try:
+        return r.status_code, json.loads(text)
+    except json.JSONDecodeError:
+        return r.status_code, text
+
+
+@pytest.mark.parametrize(("route", "swap"), MATRIX)
+def test_stranger_gets_the_same_403_whether_or_not_the_resource_exists(
+        server: Server, world: dict[str, dict[str, str]], route: Route, swap: str) -> None:
+    case = CASES[route.operation_id]
+    existing = world["existing"]
+    missing = {**existing, swap: world["missing"][swap]}
+    with server.client(STRANGER) as c:
+        r_existing = _send(c, case, existing)
+        r_missing = _send(c, case, missing)
+    assert r_existing.status_code < 500 and r_missing.status_code < 500, (r_existing.text, r_missing.text)
+    if case.expect == "denied":
+        for r in (r_existing, r_missing):
+            assert r.status_code == 403, (route.operation_id, r.status_code, r.text)
+            err = r.json()["error"]
+            assert err["status"] == "PERMISSION_DENIED", err
+            assert route.permission in err["message"], (route.permission, err["message"])
+    else:
+        assert existing[swap] not in r_existing.text or r_existing.status_code >= 400, \
+            f"{route.operation_id} shows the stranger the existing resource: {r_existing.text[:500]}"
+    # identical answers once the caller's two names are exchanged
+    assert _normalised(r_missing, (missing[swap], existing[swap])) == _normalised(r_existing), \
+        f"{route.operation_id}: existence is observable\n existing: {r_existing.text}\n missing:  {r_missing.text}"

@@ -227,6 +227,18 @@ def print_access_token(user: Annotated[str, typer.Option(help="The user, e.g. al
     sys.stdout.write(mint_local_token(_database(database, data_dir), user, lifetime=lifetime) + "\n")
 
 
+@auth_app.command("rotate-signing-key")
+def rotate_signing_key(retire_older: Annotated[bool, typer.Option(help="Retire the older keys now (their "
+                                                                  "tokens stop working)")] = False,
+                       database: DatabaseOpt = None, data_dir: DataDirOpt = Path(".keycard")) -> None:
+    """Start signing tokens with a new key; JWKS publishes it (servers pick it up within 5 s)."""
+    from keycard.server import rotate_signing_key as rotate
+    kid, retired = rotate(_database(database, data_dir), retire_older=retire_older)
+    console.print(f"New signing key {kid}." + (f" Retired: {', '.join(retired)}." if retired else
+                                               " Older keys still verify the tokens they signed."),
+                  highlight=False)
+
+
 logs_app = typer.Typer(help="The audit log (Cloud Audit Logs shape, hash-chained).", no_args_is_help=True)
 app.add_typer(logs_app, name="logs")
 

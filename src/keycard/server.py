@@ -155,6 +155,35 @@ def open_services(database: str, *, enforcement: str = "enforce") -> tuple[Servi
     return services, KeyRing(store), store
 
 
+def rotate_signing_key(database: str, *, retire_older: bool = False) -> tuple[str, list[str]]:
+    """Add a new active signing key. Older keys keep verifying the tokens they signed until
+    retired (``retire_older``: retire them now, which invalidates every token they signed)."""
+    store = open_store(database)
+    try:
+        store.migrate()
+        key = generate_key(utcnow())
+        puts = [Put("signing_key", key.kid, key.to_record())]
+        retired = []
+        if retire_older:
+            for rec in store.list("signing_key").records:
+                old = SigningKey.from_record(rec.data)
+                if not old.retired:
+                    retired.append(old.kid)
+                    puts.append(Put("signing_key", old.kid, {**old.to_record(), "retired": True}))
+        store.commit(puts, expect=[Expect("signing_key", key.kid, None)],
+                     audit=[{"logName": "keycard/logs/cloudaudit.googleapis.com%2Factivity",
+                             "insertId": secrets.token_hex(8), "severity": "NOTICE",
+                             "timestamp": utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                             "protoPayload": {"@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+                                              "authenticationInfo": {"principalEmail": "keycard-local-admin"},
+                                              "methodName": "keycard.RotateSigningKey", "serviceName": "keycard",
+                                              "resourceName": f"signingKeys/{key.kid}",
+                                              "request": {"retireOlder": retire_older, "retired": retired}}}])
+        return key.kid, retired
+    finally:
+        store.close()
+
+
 def mint_local_token(database: str, user: str, *, lifetime: int = 3600) -> str:
     """The local admin path: a short-lived user token minted with the server's key."""
     principal = names.parse_member(user if ":" in user else f"user:{user}", "user")

@@ -209,7 +209,9 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
               f"  curl -s -H \"Authorization: Bearer $({kc} auth print-access-token --user ADMIN_EMAIL{db_opt})\" "
               f"http://{host}:{port}/v3/organizations:search", highlight=False)
     # Google's discovery clients (httplib2) reuse idle connections without retrying: keep them open.
-    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False, timeout_keep_alive=650)
+    # httptools + uvloop: the C HTTP parser and event loop (about 2x fewer µs per request than h11/asyncio).
+    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False, timeout_keep_alive=650,
+                http="httptools", loop="uvloop")
 
 
 auth_app = typer.Typer(help="Credentials for talking to a keycard server.", no_args_is_help=True)

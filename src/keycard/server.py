@@ -133,6 +133,7 @@ class KeyRing:
         self._store = store
         self._max_age = max_age
         self._keys = KeySet([])
+        self._version: tuple[tuple[str, int], ...] = ()
         self._loaded = 0.0
         self._lock = threading.Lock()
 
@@ -140,7 +141,10 @@ class KeyRing:
         if time.monotonic() - self._loaded > self._max_age:
             with self._lock:
                 page = self._store.list("signing_key")
-                self._keys = KeySet(SigningKey.from_record(r.data) for r in page.records)
+                version = tuple((r.name, r.revision) for r in page.records)
+                if version != self._version:          # keep the KeySet (and its verified-token cache) if unchanged
+                    self._keys = KeySet(SigningKey.from_record(r.data) for r in page.records)
+                    self._version = version
                 self._loaded = time.monotonic()
         return self._keys
 

@@ -108,7 +108,10 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
                 else:
                     body = {}
             ctx = RequestContext(request, caller, dict(request.query_params), body, request.headers)
-            result = await run_in_threadpool(route.handler, app_state, ctx, **params)
+            if route.inline:
+                result = route.handler(app_state, ctx, **params)
+            else:
+                result = await run_in_threadpool(route.handler, app_state, ctx, **params)
             response: Response
             if isinstance(result, Response):
                 response = result
@@ -116,7 +119,8 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
                 response = JSONResponse(result if result is not None else {})
             response.headers.update(ctx.response_headers)
             code = response.status_code
-            if route.read_log and code < 400 and not route.public:
+            if route.read_log and code < 400 and not route.public and caller.resource is not None \
+                    and services.data_access_enabled(caller, caller.resource, domain, route.read_log):
                 await run_in_threadpool(services.audit_read, caller, method=route.operation_id, service=domain,
                                         log_type=route.read_log)
         except KeycardError as e:

@@ -62,7 +62,7 @@ def register(router: Router) -> None:
         add("POST", f"/v3/{kind}/{{ident}}:testIamPermissions",
             lambda app, ctx, ident, resolve=resolve: iam.test_iam_permissions(
                 app.services, ctx.caller, resolve(app, ident), ctx.body),
-            f"cloudresourcemanager.{kind}.testIamPermissions", "", body=True)
+            f"cloudresourcemanager.{kind}.testIamPermissions", "", body=True, inline=True)
         if kind == "organizations":
             continue
         add("GET", f"/v3/{kind}:search",

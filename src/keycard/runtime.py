@@ -26,7 +26,7 @@ __all__ = ["KINDS", "Runtime", "etag_for", "revision_from_etag"]
 log = logging.getLogger("keycard.runtime")
 
 # kinds of records the engine mirrors
-KINDS = ("resource", "iam_policy", "role", "group", "deny_policy")
+KINDS = ("resource", "iam_policy", "role", "group", "deny_policy", "org_policy")
 
 
 def etag_for(revision: int) -> str:
@@ -52,6 +52,7 @@ class Runtime:
         self.engine = Engine(clock=clock)
         self.applied = 0
         self._group_emails: dict[str, str] = {}      # group record name → email, to undo hard deletes
+        self.org_policies: dict[str, Mapping[str, Any]] = {}   # org policy name → its JSON (mirrored)
         self._apply_lock = threading.Lock()
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
@@ -158,6 +159,11 @@ class Runtime:
                 if email:
                     self._group_emails[r.name] = email
                     e.set_group_members(email, members)
+            elif r.kind == "org_policy":
+                if r.deleted:
+                    self.org_policies.pop(r.name, None)
+                else:
+                    self.org_policies[r.name] = r.data
             elif r.kind == "deny_policy":
                 if r.deleted:
                     self._apply_delete(r.kind, r.name)
@@ -177,6 +183,8 @@ class Runtime:
             elif kind == "role":
                 if e.get_role(name) is not None:
                     e.delete_role(name)
+            elif kind == "org_policy":
+                self.org_policies.pop(name, None)
             elif kind == "group":
                 email = self._group_emails.pop(name, None)
                 if email:

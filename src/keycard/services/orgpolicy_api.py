@@ -107,23 +107,33 @@ def _load(rec: Record | None) -> orgpolicy.OrgPolicy | None:
         return None
 
 
+def _parse_mirrored(name: str, data: Mapping[str, Any]) -> orgpolicy.OrgPolicy | None:
+    try:
+        return orgpolicy.parse_policy(data, "policy")
+    except KeycardError:
+        log.exception("cannot read org policy %s; ignoring it", name)
+        return None
+
+
 def effective(svc: Services, constraint: str, resource: str) -> orgpolicy.Effective:
     """The effective policy of ``constraint`` on ``resource`` (a full resource name).
 
-    Walks the resource's ancestry (nearest first) and reads each organization, folder and project's
-    stored policy for the constraint.
+    Walks the resource's ancestry (nearest first) and takes each organization, folder and project's
+    policy for the constraint from the runtime's mirror of the store.
     """
     info = orgpolicy.CONSTRAINTS.get(constraint.removeprefix("constraints/"))
     if info is None:
         raise InvalidArgument(f"Invalid constraint {constraint!r}: not supported.", field="constraint",
                               reason="UNKNOWN_CONSTRAINT")
-    store = svc.runtime.store
+    mirrored = svc.runtime.org_policies        # kept current from the change feed, like the engine
     chain: list[tuple[str, orgpolicy.OrgPolicy | None]] = []
     for ancestor in svc.runtime.engine.ancestry(resource):
         rn = names.parse_resource(ancestor)
         if not rn.is_container:
             continue
-        chain.append((rn.full, _load(store.get(KIND, f"{rn.relative}/policies/{info.name}"))))
+        name = f"{rn.relative}/policies/{info.name}"
+        data = mirrored.get(name)
+        chain.append((rn.full, _parse_mirrored(name, data) if data is not None else None))
     return orgpolicy.effective_policy(info.name, chain)
 
 

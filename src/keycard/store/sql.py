@@ -22,9 +22,11 @@ deferred ``BEGIN`` and, thanks to WAL, never block writers or wait for them.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import datetime as dt
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -131,6 +133,7 @@ class SqlStore:
         self.dialect = "postgresql" if engine_url.startswith("postgresql") else "sqlite"
         self.engine: Engine = _sqlite_engine(engine_url) if self.dialect == "sqlite" else create_engine(engine_url)
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self._write_lock = threading.Lock()
         self._listener: PgListener | None = None
         if self.dialect == "postgresql":
             conninfo = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -164,7 +167,11 @@ class SqlStore:
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        # SQLite: writers of this process queue on a lock instead of spinning in sqlite's busy handler,
+        # whose growing sleeps gave seconds-long tails under contention; other processes still queue on
+        # BEGIN IMMEDIATE with the busy timeout.
+        lock = self._write_lock if write and self.dialect == "sqlite" else contextlib.nullcontext()
+        with lock, self.engine.connect() as conn:
             if write:
                 conn.execution_options(**{_WRITE: True})
             with conn.begin():

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat uv.lock pyproject.toml | cksum | cut -d'
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run demo test lint typecheck bench bench-quick clean
+.PHONY: install run demo test lint typecheck bench bench-server bench-quick clean
 
 install: $(STAMP)
 
@@ -41,8 +41,14 @@ typecheck: install
 test: lint typecheck
 	$(VENV)/bin/pytest
 
+# The engine against Cedar, Rego (regorus), Casbin and a naive evaluator; then the server over HTTP.
+# Both write docs/benchmarks.md (the server section between its markers). ~45 minutes on 2 cores.
 bench: install
 	$(VENV)/bin/python bench/run.py --scales small,medium,large --out docs/benchmarks.md
+	$(VENV)/bin/python bench/server.py --backends sqlite,postgresql --out docs/benchmarks.md
+
+bench-server: install
+	$(VENV)/bin/python bench/server.py --backends sqlite,postgresql --out docs/benchmarks.md
 
 bench-quick: install
 	$(VENV)/bin/python bench/run.py --quick --out /tmp/keycard-bench-quick.md

@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     md = render(results, cmd.strip())
     out = REPO / args.out if not os.path.isabs(args.out) else Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(md)
+    out.write_text(md + _server_section(out))
     raw = Path(args.workdir) / "results.json"
     slim = {k: v for k, v in results.items() if k != "scales"}
     slim["scales"] = {s: {**{k: v for k, v in d.items() if k not in ("queries", "meta")},
@@ -277,3 +277,14 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _server_section(out: Path) -> str:
+    """Keep the server benchmark's section (bench/server.py writes it between its markers)."""
+    if not out.exists():
+        return ""
+    text = out.read_text()
+    start, end = "<!-- server-bench:start -->", "<!-- server-bench:end -->"
+    if start not in text or end not in text:
+        return ""
+    return "\n" + text[text.index(start): text.index(end) + len(end)] + "\n"

@@ -11,8 +11,8 @@ from keycard.engine import conditions
 from keycard.engine.conditions import ConditionContext
 
 TIMES = ["2026-01-01T00:00:00Z", "2026-06-01T12:00:00.5Z", "2026-06-01T12:00:00+02:00", "2030-12-31T23:59:59Z"]
-STRINGS = ["projects/_/buckets/b", "projects/_/buckets/b1", "/objects/x", "", "projects/p/models/m", "ml.googleapis.com",
-           "storage.googleapis.com/Bucket", "x\u00e9"]
+STRINGS = ["projects/_/buckets/b", "projects/_/buckets/b1", "/objects/x", "", "projects/p/models/m",
+           "ml.googleapis.com", "storage.googleapis.com/Bucket", "x\u00e9"]
 
 
 @st.composite

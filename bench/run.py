@@ -275,9 +275,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
 
 def _server_section(out: Path) -> str:
     """Keep the server benchmark's section (bench/server.py writes it between its markers)."""
@@ -288,3 +285,8 @@ def _server_section(out: Path) -> str:
     if start not in text or end not in text:
         return ""
     return "\n" + text[text.index(start): text.index(end) + len(end)] + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -90,11 +90,11 @@ class Runtime:
         with self._apply_lock:
             while True:
                 changes = self.store.changes(self.applied, limit=5000)
-                if not changes:
-                    return self.applied
                 for ch in changes:
                     self._apply_change(ch)
                     self.applied = ch.revision
+                if len(changes) < 5000:        # a short page is the end of the feed: no second query
+                    return self.applied
 
     def ensure(self, revision: int, timeout: float = 5.0) -> None:
         """Block until this replica has applied ``revision`` (a consistency token)."""

@@ -182,7 +182,8 @@ def set_iam_policy(svc: Services, caller: Caller, resource: str, body: Mapping[s
         new["version"] = 3
     new.pop("etag", None)
     if not allow_lockout and caller.principal is not None and svc.allowed(caller, permission, resource):
-        final = parse_allow_policy(new, "policy")
+        final = parsed if mask >= {"bindings"} and new.get("version") == parsed.version \
+            else parse_allow_policy(new, "policy")
         if not eng.check_with_policy(caller.principal, permission, resource, at=resource, policy=final,
                                      time=svc.clock()):
             raise FailedPrecondition(

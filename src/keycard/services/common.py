@@ -9,11 +9,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keycard import names
-from keycard.errors import PermissionDenied
+from keycard.errors import InvalidArgument, PermissionDenied
 from keycard.runtime import Runtime
 from keycard.store.base import Delete, Expect, Put
 
-__all__ = ["Caller", "Services", "rfc3339"]
+__all__ = ["Caller", "Services", "parse_page_size", "rfc3339"]
+
+
+def parse_page_size(value: object, default: int) -> int:
+    """A request's ``pageSize``: absent or 0 → ``default``; capped at 1,000; otherwise 400 naming it."""
+    if value in (None, ""):
+        return default
+    try:
+        n = int(str(value))
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise InvalidArgument(f"Invalid pageSize {value!r}: expected a non-negative integer.", field="pageSize")
+    return min(n or default, 1000)
 
 
 def rfc3339(t: dt.datetime) -> str:

@@ -48,7 +48,7 @@ from keycard import names
 from keycard.engine.model import ROLE_STAGES, Role
 from keycard.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from keycard.runtime import etag_for, revision_from_etag
-from keycard.services.common import Caller, Services, rfc3339
+from keycard.services.common import Caller, Services, parse_page_size, rfc3339
 from keycard.services.resourcemanager import resolve_project, shown_project
 from keycard.store.base import Expect, Put, Record
 from keycard.store.codec import decode_page_token, encode_page_token
@@ -149,17 +149,6 @@ class _Applies:
 
 
 # ------------------------------------------------------------------------------------- helpers
-
-def _page_size(value: object, default: int) -> int:
-    if value in (None, ""):
-        return default
-    try:
-        n = int(str(value))
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise InvalidArgument(f"Invalid pageSize {value!r}: expected a non-negative integer.", field="pageSize")
-    return min(n or default, 1000)
 
 
 def _token(value: object) -> str:
@@ -383,7 +372,7 @@ def list_predefined_roles(svc: Services, caller: Caller, query: Mapping[str, str
     full_view = _view(query.get("view"))
     show_deleted = _flag(query.get("showDeleted"))
     items = [_present_predefined(r, full_view=full_view) for r in _predefined(svc) if show_deleted or not r.deleted]
-    return _page(items, "roles", _page_size(query.get("pageSize"), 300), query.get("pageToken"))
+    return _page(items, "roles", parse_page_size(query.get("pageSize"), 300), query.get("pageToken"))
 
 
 def get_predefined_role(svc: Services, caller: Caller, role: str) -> dict[str, Any]:
@@ -401,7 +390,7 @@ def list_custom_roles(svc: Services, caller: Caller, kind: str, ident: str, quer
     parent = _Parent(svc, kind, ident)
     full_view = _view(query.get("view"))
     show_deleted = _flag(query.get("showDeleted"))
-    size = _page_size(query.get("pageSize"), 300)
+    size = parse_page_size(query.get("pageSize"), 300)
     svc.authorize(caller, "iam.roles.list", parent.fn, service=SERVICE, shown=parent.shown)
     token = query.get("pageToken") or ""
     _token(token)
@@ -547,7 +536,7 @@ def _resource(body: object) -> tuple[Mapping[str, Any], names.ResourceName]:
 def query_grantable_roles(svc: Services, caller: Caller, body: object) -> dict[str, Any]:
     req, rn = _resource(body)
     full_view = _view(req.get("view"))
-    size = _page_size(req.get("pageSize"), 300)
+    size = parse_page_size(req.get("pageSize"), 300)
     applies = _Applies(rn)
     items = [_present_predefined(r, full_view=full_view) for r in _predefined(svc)
              if not r.deleted and applies.grantable(r)]
@@ -578,7 +567,7 @@ def _title(permission: str) -> str:
 
 def query_testable_permissions(svc: Services, caller: Caller, body: object) -> dict[str, Any]:
     req, rn = _resource(body)
-    size = _page_size(req.get("pageSize"), 100)
+    size = parse_page_size(req.get("pageSize"), 100)
     applies = _Applies(rn)
     items = [{"name": p, "title": _title(p), "stage": "GA", "customRolesSupportLevel": "SUPPORTED",
               "apiDisabled": False}

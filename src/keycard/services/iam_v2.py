@@ -23,7 +23,7 @@ from keycard import names
 from keycard.engine.model import parse_deny_policy
 from keycard.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from keycard.runtime import etag_for, revision_from_etag
-from keycard.services.common import Caller, Services, rfc3339
+from keycard.services.common import Caller, Services, parse_page_size, rfc3339
 from keycard.store.base import Delete, Expect, Put, Record
 
 __all__ = ["Attachment", "create_policy", "delete_policy", "get_operation", "get_policy", "list_policies",
@@ -143,15 +143,6 @@ def _normalise(body: object, *, field: str = "policy") -> dict[str, Any]:
     return data
 
 
-def _page_size(value: object) -> int:
-    if value in (None, ""):
-        return 1000
-    text = str(value)
-    if not text.isdigit():
-        raise InvalidArgument(f"Invalid pageSize {value!r}: expected a non-negative integer.", field="pageSize")
-    return min(int(text) or 1000, 1000)
-
-
 def _present(data: Mapping[str, Any], revision: int) -> dict[str, Any]:
     out = {k: v for k, v in data.items() if k != "attachmentPoint"}
     out["etag"] = etag_for(revision)
@@ -234,7 +225,7 @@ def list_policies(svc: Services, caller: Caller, attachment: str, page_size: obj
                   ) -> dict[str, Any]:
     att = parse_attachment(svc, attachment)
     svc.authorize(caller, "iam.denypolicies.list", att.full, service=SERVICE, shown=att.shown)
-    size = _page_size(page_size)
+    size = parse_page_size(page_size, 1000)
     try:
         page = svc.runtime.store.list(KIND, prefix=att.prefix, page_size=size, page_token=page_token or "")
     except (ValueError, InvalidArgument):

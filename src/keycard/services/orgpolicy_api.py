@@ -21,7 +21,7 @@ from keycard.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidAr
 from keycard.runtime import etag_for, revision_from_etag
 from keycard.services import orgpolicy
 from keycard.services import resourcemanager as crm
-from keycard.services.common import Caller, Services, rfc3339
+from keycard.services.common import Caller, Services, parse_page_size, rfc3339
 from keycard.store.base import Delete, Expect, Put, Record
 
 __all__ = [
@@ -177,23 +177,11 @@ def _present(rec: Record) -> dict[str, Any]:
     return out
 
 
-def _page_size(value: object) -> int:
-    if value in (None, ""):
-        return 100
-    try:
-        size = int(str(value))
-    except ValueError:
-        size = -1
-    if size < 0:
-        raise InvalidArgument(f"Invalid pageSize {value!r}: expected a non-negative integer.", field="pageSize")
-    return min(size or 100, 1000)
-
-
 def list_constraints(svc: Services, caller: Caller, n: Node, page_size: object = None,
                      page_token: str = "") -> dict[str, Any]:
     svc.authorize(caller, "orgpolicy.constraints.list", n.full, service=SERVICE, shown=n.shown)
     _require_node(svc, n)
-    size = _page_size(page_size)
+    size = parse_page_size(page_size, 100)
     items = orgpolicy.constraints(n.relative)
     start = 0
     if page_token:
@@ -211,7 +199,7 @@ def list_policies(svc: Services, caller: Caller, n: Node, page_size: object = No
                   page_token: str = "") -> dict[str, Any]:
     svc.authorize(caller, "orgpolicy.policies.list", n.full, service=SERVICE, shown=n.shown)
     _require_node(svc, n)
-    page = svc.runtime.store.list(KIND, parent=n.full, page_size=_page_size(page_size), page_token=page_token)
+    page = svc.runtime.store.list(KIND, parent=n.full, page_size=parse_page_size(page_size, 100), page_token=page_token)
     items = [_present(r) for r in page.records if not r.deleted]
     out: dict[str, Any] = {"policies": items} if items else {}
     if page.next_token:

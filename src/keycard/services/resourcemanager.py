@@ -15,7 +15,7 @@ from typing import Any
 from keycard import names
 from keycard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from keycard.runtime import etag_for
-from keycard.services.common import Caller, Services, rfc3339
+from keycard.services.common import Caller, Services, parse_page_size, rfc3339
 from keycard.store.base import Expect, Put, Record
 
 CRM = names.CRM
@@ -191,7 +191,7 @@ def list_children(svc: Services, caller: Caller, kind: str, parent: object, *, s
                   page_size: object, page_token: str) -> dict[str, Any]:
     pfull = _parent(parent, "parent")
     svc.authorize(caller, f"resourcemanager.{kind}.list", pfull, service=SERVICE)
-    size = _page_size(page_size)
+    size = parse_page_size(page_size, 500)
     page = svc.runtime.store.list("resource", parent=pfull, prefix=full(f"{kind}/"), page_size=size,
                                   page_token=page_token)
     items = [_present(r) for r in page.records if show_deleted or r.data.get("state") == "ACTIVE"]
@@ -199,18 +199,6 @@ def list_children(svc: Services, caller: Caller, kind: str, parent: object, *, s
     if page.next_token:
         out["nextPageToken"] = page.next_token
     return out
-
-
-def _page_size(value: object) -> int:
-    if value in (None, ""):
-        return 500
-    try:
-        n = int(str(value))
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise InvalidArgument(f"Invalid pageSize {value!r}: expected a non-negative integer.", field="pageSize")
-    return min(n or 500, 1000)
 
 
 def _matches_query(data: Mapping[str, Any], query: str) -> bool:
@@ -243,7 +231,7 @@ def _matches_query(data: Mapping[str, Any], query: str) -> bool:
 
 def search(svc: Services, caller: Caller, kind: str, query: str, page_size: object, page_token: str
            ) -> dict[str, Any]:
-    _page_size(page_size)
+    parse_page_size(page_size, 500)
     perm = f"resourcemanager.{kind}.get"
     out = []
     for rec in svc.runtime.store.list("resource", prefix=full(f"{kind}/"), page_size=100_000).records:

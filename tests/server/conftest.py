@@ -52,7 +52,11 @@ def start_server(database: str, log: Path, *, enforcement: str = "enforce", doma
     init = subprocess.run([*KEYCARD, "init", "--organization-domain", domain, "--admin", f"user:{ADMIN}",
                            "--database", database, "--format", "json"], capture_output=True, text=True)
     assert init.returncode == 0, init.stderr
-    org = json.loads(init.stdout)["organization"]
+    return serve(database, log, json.loads(init.stdout)["organization"], enforcement=enforcement)
+
+
+def serve(database: str, log: Path, organization: str, *, enforcement: str = "enforce") -> Server:
+    """`keycard serve` on a free port against an initialised database; returns once /healthz answers."""
     port = free_port()
     fh = log.open("ab")
     proc = subprocess.Popen([*KEYCARD, "serve", "--port", str(port), "--database", database,
@@ -65,7 +69,7 @@ def start_server(database: str, log: Path, *, enforcement: str = "enforce", doma
             raise RuntimeError(f"keycard serve exited: {log.read_text()[-2000:]}")
         try:
             if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return Server(url, database, org, proc, log)
+                return Server(url, database, organization, proc, log)
         except httpx.HTTPError:
             time.sleep(0.1)
     proc.kill()

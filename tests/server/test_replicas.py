@@ -7,9 +7,7 @@ write-then-check trials; without it, every write must be visible on every other 
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import KEYCARD, Server, free_port, start_server, stop_server
+from conftest import Server, serve, start_server, stop_server
 from pg import PgUnavailable, cluster_url, create_database, drop_database
 
 TRIALS = 1000                 # write-then-check trials with the token (the issue's figure: do not lower)
@@ -29,22 +27,7 @@ MAX_DELAY = 1.0
 
 def start_replica(database: str, log: Path, organization: str) -> Server:
     """Another `keycard serve` on a free port against an already initialised database (no `keycard init`)."""
-    port = free_port()
-    fh = log.open("ab")
-    proc = subprocess.Popen([*KEYCARD, "serve", "--port", str(port), "--database", database],
-                            stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"keycard serve exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return Server(url, database, organization, proc, log)
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"keycard serve did not start: {log.read_text()[-2000:]}")
+    return serve(database, log, organization)
 
 
 def mint_tokens(database: str, users: list[str]) -> dict[str, str]:

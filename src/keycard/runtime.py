@@ -19,6 +19,7 @@ from typing import Any
 
 from keycard.engine.engine import Engine
 from keycard.errors import InvalidArgument, KeycardError, Unavailable
+from keycard.identity.registry import IDENTITY_KINDS, Registry
 from keycard.store.base import Change, Record, Store
 
 __all__ = ["KINDS", "Runtime", "etag_for", "revision_from_etag"]
@@ -26,7 +27,7 @@ __all__ = ["KINDS", "Runtime", "etag_for", "revision_from_etag"]
 log = logging.getLogger("keycard.runtime")
 
 # kinds of records the engine mirrors
-KINDS = ("resource", "iam_policy", "role", "group", "deny_policy", "org_policy")
+KINDS = ("resource", "iam_policy", "role", "group", "deny_policy", "org_policy", *IDENTITY_KINDS)
 
 
 def etag_for(revision: int) -> str:
@@ -53,6 +54,7 @@ class Runtime:
         self.applied = 0
         self._group_emails: dict[str, str] = {}      # group record name → email, to undo hard deletes
         self.org_policies: dict[str, Mapping[str, Any]] = {}   # org policy name → its JSON (mirrored)
+        self.identities = Registry()          # service accounts, keys, federation (mirrored)
         self._apply_lock = threading.Lock()
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
@@ -61,7 +63,7 @@ class Runtime:
     def bootstrap(self) -> None:
         head = self.store.head()
         records = list(self.store.scan(KINDS))
-        order = {"role": 0, "resource": 1, "group": 2, "iam_policy": 3, "deny_policy": 4}
+        order = {"role": 0, "resource": 1, "service_account": 2, "group": 3, "iam_policy": 4, "deny_policy": 5}
         resources = [r for r in records if r.kind == "resource"]
         with self._apply_lock:
             for r in sorted((r for r in records if r.kind == "role"), key=lambda r: r.name):
@@ -159,6 +161,11 @@ class Runtime:
                 if email:
                     self._group_emails[r.name] = email
                     e.set_group_members(email, members)
+            elif r.kind in IDENTITY_KINDS:
+                self.identities.put(r.kind, r.name, d, r.deleted)
+                if r.kind == "service_account":
+                    acct = self.identities.accounts[r.name]
+                    e.add_resource(acct.resource, r.parent)
             elif r.kind == "org_policy":
                 if r.deleted:
                     self.org_policies.pop(r.name, None)
@@ -183,6 +190,11 @@ class Runtime:
             elif kind == "role":
                 if e.get_role(name) is not None:
                     e.delete_role(name)
+            elif kind in IDENTITY_KINDS:
+                acct = self.identities.accounts.get(name) if kind == "service_account" else None
+                self.identities.remove(kind, name)
+                if acct is not None:
+                    e.remove_resource(acct.resource)
             elif kind == "org_policy":
                 self.org_policies.pop(name, None)
             elif kind == "group":

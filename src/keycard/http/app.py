@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
@@ -23,7 +24,8 @@ from starlette.routing import Route as StarletteRoute
 
 from keycard.errors import InvalidArgument, KeycardError, NotFound, Unauthenticated
 from keycard.http.routing import Router
-from keycard.identity.tokens import KeySet
+from keycard.identity.authn import Authenticator
+from keycard.identity.tokens import AccessToken, KeySet
 from keycard.services.common import Caller, Services
 
 __all__ = ["App", "RequestContext", "create_app"]
@@ -48,6 +50,7 @@ class App:
     keys: Callable[[], KeySet]
     router: Router
     registry: CollectorRegistry
+    authn: Authenticator
     base_url: str = ""
 
 
@@ -68,7 +71,9 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
     latency = Histogram("keycard_request_seconds", "Request latency", ["method", "route"], registry=registry,
                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
     decisions = Counter("keycard_decisions", "Authorization decisions", ["outcome"], registry=registry)
-    app_state = App(services, keys, router, registry, base_url)
+    authn = Authenticator(keys, services.runtime.identities, services.clock,
+                          {base_url.rstrip("/")} if base_url else set())
+    app_state = App(services, keys, router, registry, authn, base_url)
 
     async def dispatch(request: Request) -> Response:
         started = time.perf_counter()
@@ -93,20 +98,12 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
                                           "returned.", field="X-Keycard-Revision") from None
                 await run_in_threadpool(services.runtime.ensure, wanted)
             if not route.public:
-                caller.principal = _authenticate(app_state, request)
+                at = _authenticate(app_state, request)
+                caller.principal = at.principal
+                caller.claims = at.claims
             body: Any = None
             if request.method in ("POST", "PUT", "PATCH"):
-                raw = await request.body()
-                if len(raw) > MAX_BODY:
-                    raise InvalidArgument(f"Request body of {len(raw)} bytes is over the {MAX_BODY} byte limit.",
-                                          field="body")
-                if raw.strip():
-                    try:
-                        body = json.loads(raw)
-                    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                        raise InvalidArgument(f"Invalid JSON payload received: {e}.", field="body") from None
-                else:
-                    body = {}
+                body = _parse_body(await request.body(), request.headers.get("content-type", ""))
             ctx = RequestContext(request, caller, dict(request.query_params), body, request.headers)
             if route.inline:
                 result = route.handler(app_state, ctx, **params)
@@ -172,7 +169,25 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
     return app
 
 
-def _authenticate(app: App, request: Request) -> str:
+def _parse_body(raw: bytes, content_type: str) -> Any:
+    """JSON bodies (every Google API); form bodies for the OAuth2 and STS token endpoints."""
+    if len(raw) > MAX_BODY:
+        raise InvalidArgument(f"Request body of {len(raw)} bytes is over the {MAX_BODY} byte limit.", field="body")
+    if not raw.strip():
+        return {}
+    if content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded":
+        try:
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidArgument("Invalid form body.", field="body") from None
+        return dict(pairs)
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidArgument(f"Invalid JSON payload received: {e}.", field="body") from None
+
+
+def _authenticate(app: App, request: Request) -> AccessToken:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
@@ -182,5 +197,4 @@ def _authenticate(app: App, request: Request) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("Request had invalid authentication credentials. Expected 'Authorization: Bearer "
                               "TOKEN'.", reason="ACCESS_TOKEN_TYPE_UNSUPPORTED")
-    at = app.keys().verify(token.strip(), now=app.services.clock())
-    return at.principal
+    return app.authn.authenticate(token.strip())

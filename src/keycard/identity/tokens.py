@@ -117,6 +117,25 @@ class KeySet:
         token = jwt.encode(claims, self._private[key.kid], algorithm="ES256", headers={"kid": key.kid})
         return AccessToken(PREFIX + token, principal, exp.replace(microsecond=0), claims)
 
+    def mint_id_token(self, *, issuer: str, subject: str, audience: str, now: dt.datetime,
+                      lifetime: int = DEFAULT_LIFETIME, extra: Mapping[str, Any] | None = None) -> str:
+        """An OpenID Connect ID token (plain ES256 JWT, no ``kc1.`` prefix: any OIDC library verifies it
+        against this server's JWKS at ``/.well-known/jwks.json``). ``subject``: the account's uniqueId
+        (as Google does), ``extra``: e.g. ``email``, ``email_verified``, ``azp``."""
+        key = self.active
+        if key is None:
+            raise RuntimeError("no active signing key: run `keycard init` first")
+        claims: dict[str, Any] = {"iss": issuer, "aud": audience, "sub": subject, "iat": int(now.timestamp()),
+                                  "exp": int(now.timestamp()) + lifetime}
+        if extra:
+            claims.update(extra)
+        return jwt.encode(claims, self._private[key.kid], algorithm="ES256", headers={"kid": key.kid, "typ": "JWT"})
+
+    def public_key(self, kid: str) -> ec.EllipticCurvePublicKey | None:
+        priv = self._private.get(kid)
+        key = self._keys.get(kid)
+        return priv.public_key() if priv is not None and key is not None and not key.retired else None
+
     def verify(self, token: str, *, now: dt.datetime) -> AccessToken:
         """Verify a keycard access token; raise Unauthenticated with a reason otherwise."""
         hit = self._verified.get(token)

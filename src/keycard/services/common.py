@@ -42,6 +42,7 @@ class Caller:
     would_deny: list[str] = field(default_factory=list)
     revision: int | None = None           # set by a write: the consistency token to return
     resource: str | None = None           # full name of the first resource authorized (for Data Access logs)
+    claims: Mapping[str, Any] | None = None   # the verified credential's claims (scope, key id, provider, …)
 
     @property
     def email(self) -> str:

@@ -8,9 +8,17 @@ from keycard.http.routing import Route, Router
 
 
 def register(router: Router) -> None:
-    from keycard.http.routes import cloudidentity, iam_roles, iam_v2, orgpolicy, resourcemanager, troubleshooter
+    from keycard.http.routes import (
+        cloudidentity,
+        iam_roles,
+        iam_v2,
+        orgpolicy,
+        resourcemanager,
+        service_accounts,
+        troubleshooter,
+    )
 
-    for module in (resourcemanager, iam_roles, iam_v2, cloudidentity, orgpolicy, troubleshooter):
+    for module in (resourcemanager, iam_roles, iam_v2, cloudidentity, orgpolicy, troubleshooter, service_accounts):
         module.register(router)
 
     def jwks(app: Any, ctx: Any) -> Any:

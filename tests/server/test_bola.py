@@ -44,6 +44,9 @@ class Case:
     expect: str = "denied"
 
 
+_SET_POLICY_SA = {"policy": {"bindings": [{"role": "roles/iam.serviceAccountTokenCreator",
+                                            "members": ["user:mallory@example.com"]}]}}
+
 # Routes not in the matrix, and why.
 SKIPPED = {
     "iam.roles.list": "predefined roles are a public catalog, readable by anyone (with parent=, it is "
@@ -118,6 +121,33 @@ CASES: dict[str, Case] = {
     "policytroubleshooter.iam.troubleshoot": Case("POST", "/v1/iam:troubleshoot", ("PROJECT",), body=BOB_TUPLE),
     "policytroubleshooter.iam.v3.troubleshoot": Case("POST", "/v3/iam:troubleshoot", ("PROJECT",), body=BOB_TUPLE),
 }
+
+# ---------------------------------------------------------------------------- service accounts and keys
+_SA = "/v1/projects/{PROJECT}/serviceAccounts"
+_ONE_SA = _SA + "/{SAEMAIL}"
+_SAO = "iam.projects.serviceAccounts"
+CASES.update({
+    f"{_SAO}.create": Case("POST", _SA, ("PROJECT",), body={"accountId": "mallory-sa"}),
+    f"{_SAO}.list": Case("GET", _SA, ("PROJECT",)),
+    f"{_SAO}.get": Case("GET", _ONE_SA, ("SAEMAIL", "PROJECT")),
+    f"{_SAO}.patch": Case("PATCH", _ONE_SA, ("SAEMAIL",), body={"serviceAccount": {"displayName": "pwned"},
+                                                                "updateMask": "displayName"}),
+    f"{_SAO}.delete": Case("DELETE", _ONE_SA, ("SAEMAIL",)),
+    f"{_SAO}.disable": Case("POST", _ONE_SA + ":disable", ("SAEMAIL",), body={}),
+    f"{_SAO}.enable": Case("POST", _ONE_SA + ":enable", ("SAEMAIL",), body={}),
+    f"{_SAO}.undelete": Case("POST", _SA + "/{SAUID}:undelete", ("SAUID", "PROJECT"), body={}),
+    f"{_SAO}.getIamPolicy": Case("POST", _ONE_SA + ":getIamPolicy", ("SAEMAIL",), body={}),
+    f"{_SAO}.setIamPolicy": Case("POST", _ONE_SA + ":setIamPolicy", ("SAEMAIL",), body=_SET_POLICY_SA),
+    f"{_SAO}.testIamPermissions": Case("POST", _ONE_SA + ":testIamPermissions", ("SAEMAIL",),
+                                       body={"permissions": ["iam.serviceAccounts.get"]}, expect="same"),
+    f"{_SAO}.keys.create": Case("POST", _ONE_SA + "/keys", ("SAEMAIL",), body={}),
+    f"{_SAO}.keys.upload": Case("POST", _ONE_SA + "/keys:upload", ("SAEMAIL",), body={"publicKeyData": "eA=="}),
+    f"{_SAO}.keys.list": Case("GET", _ONE_SA + "/keys", ("SAEMAIL",)),
+    f"{_SAO}.keys.get": Case("GET", _ONE_SA + "/keys/{SAKEY}", ("SAEMAIL", "SAKEY")),
+    f"{_SAO}.keys.delete": Case("DELETE", _ONE_SA + "/keys/{SAKEY}", ("SAEMAIL", "SAKEY")),
+    f"{_SAO}.keys.disable": Case("POST", _ONE_SA + "/keys/{SAKEY}:disable", ("SAEMAIL", "SAKEY"), body={}),
+    f"{_SAO}.keys.enable": Case("POST", _ONE_SA + "/keys/{SAKEY}:enable", ("SAEMAIL", "SAKEY"), body={}),
+})
 
 _SET_POLICY = {"policy": {"bindings": [{"role": "roles/owner", "members": [f"user:{STRANGER}"]}]}}
 for _kind, _key in (("organizations", "ORG"), ("folders", "FOLDER"), ("projects", "PROJECT")):
@@ -212,6 +242,10 @@ def world(server: Server) -> dict[str, dict[str, str]]:
     member_op = ok(c.post(f"/v1/groups/{group}/memberships", json={
         "preferredMemberKey": {"id": "bola-member@example.com"}, "roles": [{"name": "MEMBER"}]}))
     membership = member_op["response"]["name"].rsplit("/", 1)[1]
+    sa = ok(c.post("/v1/projects/bola-proj-1/serviceAccounts", json={"accountId": "bola-sa"}))
+    sa_key = ok(c.post(f"/v1/{sa['name']}/keys", json={}))["name"].rsplit("/", 1)[1]
+    gone = ok(c.post("/v1/projects/bola-proj-1/serviceAccounts", json={"accountId": "bola-gone-sa"}))
+    ok(c.delete(f"/v1/{gone['name']}"))
     for node in (f"organizations/{org}", f"folders/{folder}", "projects/bola-proj-1"):
         ok(c.post(f"/v2/{node}/policies", json={"name": f"{node}/policies/iam.disableServiceAccountKeyCreation",
                                                 "spec": {"rules": [{"enforce": True}]}}))
@@ -219,12 +253,15 @@ def world(server: Server) -> dict[str, dict[str, str]]:
                 "OROLE": "bolaOrgRole", "DENY": "bola-deny", "DENYOP": deny_op, "CRMOP": crm_op,
                 "GROUP": group, "GEMAIL": "bola-team@example.com", "MEMBERSHIP": membership,
                 "MEMAIL": "bola-member@example.com", "CUSTOMER": customer,
-                "CONSTRAINT": "iam.disableServiceAccountKeyCreation"}
+                "CONSTRAINT": "iam.disableServiceAccountKeyCreation", "SAEMAIL": sa["email"], "SAKEY": sa_key,
+                "SAUID": gone["uniqueId"]}
     missing = {"ORG": _other_digits(org), "FOLDER": _other_digits(folder), "PROJECT": "gone-proj-1",
                "PROLE": "goneRole", "OROLE": "goneOrgRole", "DENY": "gone-deny", "DENYOP": _other_id(deny_op),
                "CRMOP": _other_id(crm_op), "GROUP": _other_id(group), "GEMAIL": "gone-team@example.com",
                "MEMBERSHIP": _other_id(membership), "MEMAIL": "gone-member@example.com",
-               "CUSTOMER": _other_id(customer), "CONSTRAINT": "iam.disableServiceAccountKeyUpload"}
+               "CUSTOMER": _other_id(customer), "CONSTRAINT": "iam.disableServiceAccountKeyUpload",
+               "SAEMAIL": "gone-sa1@bola-proj-1.iam.gserviceaccount.com", "SAKEY": _other_id(sa_key),
+               "SAUID": _other_digits(gone["uniqueId"])}
     return {"existing": existing, "missing": missing}
 
 

@@ -366,12 +366,14 @@ def create_project(svc: Services, caller: Caller, body: Mapping[str, Any]) -> di
     if labels:
         data["labels"] = labels
     fn = full(f"projects/{number}")
-    owner_policy = {"version": 1, "bindings": [{"role": "roles/owner", "members": [caller.principal]}]} \
-        if caller.principal else {"version": 1}
+    from keycard.services.service_accounts import managed_accounts
+    account_puts, managed_bindings = managed_accounts(svc, fn, parent, pid, number)
+    bindings = [{"role": "roles/owner", "members": [caller.principal]}] if caller.principal else []
+    owner_policy = {"version": 1, "bindings": [*bindings, *managed_bindings]}
     op, op_put = _operation(svc, caller, "cp", data, {"@type": _V3 + "CreateProjectMetadata", "gettable": True,
                                                       "ready": True, "createTime": now})
     rev = svc.commit(caller, puts=[Put("resource", fn, data, parent=parent), Put("project_id", pid, {"name": fn}),
-                                   Put("iam_policy", fn, owner_policy), op_put],
+                                   Put("iam_policy", fn, owner_policy), op_put, *account_puts],
                      expect=[Expect("project_id", pid, None), Expect("resource", fn, None),
                              Expect("resource", parent, parent_rec.revision)],
                      method="google.cloud.resourcemanager.v3.Projects.CreateProject", service=SERVICE,

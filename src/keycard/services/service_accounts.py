@@ -80,11 +80,8 @@ def resolve(svc: Services, caller: Caller, project: str, account: str, permissio
     if acct is not None and (acct.deleted or (project != "-" and project not in (acct.project_id,
                                                                                  acct.project_number))):
         acct = None
-    target = acct.resource if acct is not None else _shown(project if project != "-" else "_", account)
-    if acct is None and project == "-":
-        raise PermissionDenied(f"Permission '{permission}' denied on resource (or it may not exist).",
-                               reason="IAM_PERMISSION_DENIED",
-                               metadata={"permission": permission, "domain": SERVICE})
+    # a missing account under project '-' names no node: only the caller's own grants there could match
+    target = acct.resource if acct is not None else _shown(project, account)
     svc.authorize(caller, permission, target, service=SERVICE, shown=_shown(project, account))
     if acct is None:
         raise NotFound(f"Service account projects/{project}/serviceAccounts/{account} not found.", field="name",
@@ -139,6 +136,49 @@ def _record(acct: ServiceAccount, **changes: Any) -> dict[str, Any]:
     return data
 
 
+# ---------------------------------------------------------------------- Google-managed accounts
+
+def compute_default_email(number: str) -> str:
+    return f"{number}-compute@developer.gserviceaccount.com"
+
+
+def ml_service_agent_email(number: str) -> str:
+    return f"service-{number}@cloud-ml.google.com.iam.gserviceaccount.com"
+
+
+def managed_accounts(svc: Services, project_full: str, parent: str, pid: str, number: str
+                     ) -> tuple[list[Put], list[dict[str, Any]]]:
+    """What a new project gets, as in Google: the default compute service account (listed in the
+    project) and the AI Platform service agent (not listed; reported by ml projects.getConfig).
+
+    Returns the records to write and the bindings to add to the project's policy: the service
+    agent gets roles/ml.serviceAgent; the compute account gets roles/editor only when the org
+    policy iam.automaticIamGrantsForDefaultServiceAccounts is not enforced (``keycard init``
+    enforces it).
+    """
+    from keycard.services.orgpolicy_api import effective
+    now = rfc3339(svc.clock())
+    puts: list[Put] = []
+    taken: set[str] = set()
+    for email, display, agent in ((compute_default_email(number), "Compute Engine default service account", False),
+                                  (ml_service_agent_email(number), "AI Platform Service Agent", True)):
+        uid = _new_unique_id(svc)
+        while uid in taken:
+            uid = _new_unique_id(svc)
+        taken.add(uid)
+        data: dict[str, Any] = {"name": f"projects/{pid}/serviceAccounts/{email}", "projectId": pid,
+                                "uniqueId": uid, "email": email, "oauth2ClientId": uid, "displayName": display,
+                                "keycardProjectNumber": number, "createTime": now, "keycardManaged": True}
+        if agent:
+            data["keycardServiceAgent"] = True
+        puts.append(Put("service_account", email, data, parent=project_full))
+    bindings: list[dict[str, Any]] = [{"role": "roles/ml.serviceAgent",
+                                       "members": [f"serviceAccount:{ml_service_agent_email(number)}"]}]
+    if not effective(svc, "iam.automaticIamGrantsForDefaultServiceAccounts", parent).enforced:
+        bindings.append({"role": "roles/editor", "members": [f"serviceAccount:{compute_default_email(number)}"]})
+    return puts, bindings
+
+
 # ----------------------------------------------------------------------------------- methods
 
 def create_service_account(svc: Services, caller: Caller, project: str, body: object, *,
@@ -154,7 +194,8 @@ def create_service_account(svc: Services, caller: Caller, project: str, body: ob
     if managed_email is None and (not isinstance(account_id, str) or not _ACCOUNT_ID.match(account_id)):
         raise InvalidArgument(f"Invalid accountId {account_id!r}: 6-30 characters, lower-case letters, digits and "
                               "hyphens, starting with a letter and not ending with a hyphen.", field="accountId")
-    sa = body.get("serviceAccount") or {}
+    sa = body.get("serviceAccount")
+    sa = {} if sa is None else sa
     if not isinstance(sa, Mapping):
         raise InvalidArgument("Invalid serviceAccount: expected an object.", field="serviceAccount")
     display = _text(sa, "displayName", _DISPLAY_MAX, "serviceAccount.displayName")
@@ -198,7 +239,7 @@ def list_service_accounts(svc: Services, caller: Caller, project: str, query: Ma
     out: list[dict[str, Any]] = []
     for rec in page.records:
         acct = svc.runtime.identities.accounts.get(rec.name)
-        if acct is not None and not acct.deleted:
+        if acct is not None and not acct.deleted and not acct.data.get("keycardServiceAgent"):
             out.append(account_json(acct, rec.revision))
     result: dict[str, Any] = {"accounts": out} if out else {}
     if page.next_token:

@@ -84,12 +84,40 @@ def test_lifecycle(server: Server, project: str) -> None:
     assert accounts.get(name=sa["name"]).execute()["uniqueId"] == sa["uniqueId"]
 
 
+def _project_members(server: Server) -> list[str]:
+    with server.client() as c:
+        policy = c.post(f"/v3/projects/{PROJECT}:getIamPolicy", json={}).json()
+    return [m for b in policy.get("bindings", []) for m in b["members"]]
+
+
+def test_deletion_marks_bindings_and_undelete_restores_them(server: Server, project: str) -> None:
+    accounts = iam(server).projects().serviceAccounts()
+    sa = _create(server, "marked-sa")
+    member = f"serviceAccount:{sa['email']}"
+    with server.client() as c:
+        policy = c.post(f"/v3/projects/{PROJECT}:getIamPolicy", json={}).json()
+        policy["bindings"].append({"role": "roles/viewer", "members": [member]})
+        assert c.post(f"/v3/projects/{PROJECT}:setIamPolicy", json={"policy": policy}).status_code == 200
+    accounts.delete(name=sa["name"]).execute()
+    assert member not in _project_members(server)
+    assert f"deleted:{member}?uid={sa['uniqueId']}" in _project_members(server)
+    accounts.undelete(name=f"projects/{PROJECT}/serviceAccounts/{sa['uniqueId']}", body={}).execute()
+    assert member in _project_members(server)
+    assert f"deleted:{member}?uid={sa['uniqueId']}" not in _project_members(server)
+
+
 def test_email_reuse_is_a_new_identity(server: Server, project: str) -> None:
     accounts = iam(server).projects().serviceAccounts()
     first = _create(server, "reused-sa")
+    member = f"serviceAccount:{first['email']}"
+    with server.client() as c:
+        policy = c.post(f"/v3/projects/{PROJECT}:getIamPolicy", json={}).json()
+        policy["bindings"].append({"role": "roles/browser", "members": [member]})
+        assert c.post(f"/v3/projects/{PROJECT}:setIamPolicy", json={"policy": policy}).status_code == 200
     accounts.delete(name=first["name"]).execute()
     second = _create(server, "reused-sa")
     assert second["uniqueId"] != first["uniqueId"]
+    assert member not in _project_members(server)       # the new account inherits nothing
     with pytest.raises(HttpError) as e:
         accounts.undelete(name=f"projects/{PROJECT}/serviceAccounts/{first['uniqueId']}", body={}).execute()
     assert status(e) == 400 and "new service account" in str(e.value)

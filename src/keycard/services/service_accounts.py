@@ -305,6 +305,28 @@ def set_disabled(svc: Services, caller: Caller, project: str, account: str, disa
     return {}
 
 
+def _rewrite_member(svc: Services, old: str, new: str, skip: str) -> tuple[list[Put], list[Expect]]:
+    """Every allow policy that names ``old`` as a member, rewritten to name ``new`` instead.
+
+    Google does this when an account is deleted (members become ``deleted:serviceAccount:EMAIL?uid=N``,
+    so a new account that reuses the email inherits nothing) and back when it is undeleted. A scan of
+    the policies: deletion is rare and this keeps the engine free of a reverse index.
+    """
+    puts: list[Put] = []
+    expect: list[Expect] = []
+    for rec in svc.runtime.store.scan(["iam_policy"]):
+        if rec.name == skip or rec.deleted:
+            continue
+        bindings = rec.data.get("bindings") or []
+        if not any(old in (b.get("members") or []) for b in bindings if isinstance(b, Mapping)):
+            continue
+        changed = [{**b, "members": [new if m == old else m for m in (b.get("members") or [])]}
+                   if isinstance(b, Mapping) else b for b in bindings]
+        puts.append(Put("iam_policy", rec.name, {**rec.data, "bindings": changed}, parent=rec.parent))
+        expect.append(Expect("iam_policy", rec.name, rec.revision))
+    return puts, expect
+
+
 def delete_service_account(svc: Services, caller: Caller, project: str, account: str) -> dict[str, Any]:
     acct = resolve(svc, caller, project, account, "iam.serviceAccounts.delete")
     store = svc.runtime.store
@@ -318,9 +340,11 @@ def delete_service_account(svc: Services, caller: Caller, project: str, account:
     if policy is not None:
         deletes.append(Delete("iam_policy", acct.resource))
         expect.append(Expect("iam_policy", acct.resource, policy.revision))
-    svc.commit(caller, puts=[Put("service_account_deleted", acct.unique_id, tomb, parent=rec.parent)],
-               deletes=deletes, expect=expect, method="google.iam.admin.v1.DeleteServiceAccount", service=SERVICE,
-               resource_name=acct.relative)
+    rewrites, rewrite_expect = _rewrite_member(svc, acct.member, f"deleted:{acct.member}?uid={acct.unique_id}",
+                                               skip=acct.resource)
+    svc.commit(caller, puts=[Put("service_account_deleted", acct.unique_id, tomb, parent=rec.parent), *rewrites],
+               deletes=deletes, expect=[*expect, *rewrite_expect], method="google.iam.admin.v1.DeleteServiceAccount",
+               service=SERVICE, resource_name=acct.relative)
     return {}
 
 
@@ -355,9 +379,11 @@ def undelete_service_account(svc: Services, caller: Caller, project: str, accoun
     resource = f"//{SERVICE}/projects/{data['projectId']}/serviceAccounts/{email}"
     if isinstance(policy, Mapping):
         puts.append(Put("iam_policy", resource, policy))
-    svc.commit(caller, puts=puts, deletes=[Delete("service_account_deleted", account)],
+    member = f"serviceAccount:{email}"
+    rewrites, rewrite_expect = _rewrite_member(svc, f"deleted:{member}?uid={account}", member, skip=resource)
+    svc.commit(caller, puts=[*puts, *rewrites], deletes=[Delete("service_account_deleted", account)],
                expect=[Expect("service_account_deleted", account, tomb.revision),
-                       Expect("service_account", email, None)],
+                       Expect("service_account", email, None), *rewrite_expect],
                method="google.iam.admin.v1.UndeleteServiceAccount", service=SERVICE,
                resource_name=str(data["name"]))
     acct = svc.runtime.identities.accounts[email]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import sqlite3
@@ -30,20 +31,30 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, bindparam, create_engine, delete, event, select, text, tuple_, update
+from sqlalchemy import Connection, Engine, create_engine, event, select, text, tuple_
 from sqlalchemy.engine import make_url
 
 from keycard.errors import Aborted, InvalidArgument
 from keycard.store import audit_log
 from keycard.store.base import AuditEntry, Change, Delete, Expect, Page, Put, Record
-from keycard.store.codec import check_text, decode_page_token, dumps, encode_page_token, prefix_upper_bound, rfc3339
+from keycard.store.codec import (
+    GENESIS_HASH,
+    chain_hash,
+    check_text,
+    decode_page_token,
+    dumps,
+    encode_page_token,
+    prefix_upper_bound,
+    rfc3339,
+)
 from keycard.store.listener import CHANNEL, PgListener
-from keycard.store.schema import HEAD, changes, meta, records
+from keycard.store.schema import AUDIT_SEQ, HEAD, records
 from keycard.store.schema import audit as audit_table
 
 __all__ = ["ABORTED_MESSAGE", "SqlStore", "open_store"]
@@ -56,8 +67,59 @@ _BATCH = 1000
 _CHUNK = 400                                  # keys per IN (…) lookup
 _SQLITE_POLL = 0.015
 _WRITE = "keycard_write"                      # execution option: this transaction writes
+_RECENT = 5000                                # changes of local commits kept for the change feed
 
 Key = tuple[str, str]
+# one row of the changes table: revision, kind, name, op, data, parent, deleted, created_revision
+ChangeRow = tuple[int, str, str, str, str | None, str | None, bool | None, int | None]
+
+# The hot statements, as DBAPI text (``?`` placeholders; PostgreSQL gets ``%s``): no SQL expression building,
+# compilation or cache-key work per call. Columns as in keycard.store.schema.
+_SQL = {
+    "head": "SELECT value FROM meta WHERE key = 'head'",
+    "lock_head": "SELECT value FROM meta WHERE key = 'head'",             # PostgreSQL: … FOR UPDATE
+    "set_head": "UPDATE meta SET value = ? WHERE key = 'head'",
+    "get": "SELECT kind, name, data, revision, created_revision, parent, deleted FROM records "
+           "WHERE kind = ? AND name = ?",
+    "insert": "INSERT INTO records (kind, name, parent, data, revision, created_revision, deleted) "
+              "VALUES (?, ?, ?, ?, ?, ?, ?)",
+    "update": "UPDATE records SET parent = ?, data = ?, revision = ?, deleted = ? WHERE kind = ? AND name = ?",
+    "delete": "DELETE FROM records WHERE kind = ? AND name = ?",
+    "log": "INSERT INTO changes (revision, kind, name, op, data, parent, deleted, created_revision) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "changes": "SELECT revision, kind, name, op, data, parent, deleted, created_revision FROM changes "
+               "WHERE revision > ? ORDER BY revision, kind, name LIMIT ?",
+    "changes_at": "SELECT revision, kind, name, op, data, parent, deleted, created_revision FROM changes "
+                  "WHERE revision = ? ORDER BY kind, name",
+    "audit_seq": "UPDATE meta SET value = value + ? WHERE key = 'audit_seq' RETURNING value",
+    "audit_prev": "SELECT hash FROM audit WHERE seq = ?",
+    "audit_insert": 'INSERT INTO audit (seq, revision, "time", entry, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)',
+}
+assert HEAD == "head" and AUDIT_SEQ == "audit_seq"
+
+
+def _statements(dialect: str) -> dict[str, str]:
+    if dialect != "postgresql":
+        return dict(_SQL)
+    out = {k: v.replace("?", "%s") for k, v in _SQL.items()}
+    out["lock_head"] += " FOR UPDATE"
+    return out
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    """One commit request waiting for (or done by) a group commit."""
+
+    puts: Sequence[Put]
+    texts: Sequence[str]
+    deletes: Sequence[Delete]
+    expect: Sequence[Expect]
+    entries: Sequence[tuple[Mapping[str, Any], str]]
+    abort_message: str | None
+    revision: int = 0
+    error: BaseException | None = None
+    done: bool = False
+    log: builtins.list[ChangeRow] = dataclasses.field(default_factory=builtins.list)
 
 
 def _engine_url(url: str) -> str:
@@ -119,6 +181,16 @@ def _record(row: Any) -> Record:
                   created_revision=int(row.created_revision), parent=row.parent, deleted=bool(row.deleted))
 
 
+def _change(row: Sequence[Any]) -> Change:
+    """A Change from a changes-table row (DBAPI tuple or ChangeRow)."""
+    revision, kind, name, op, data, parent, deleted, created = row
+    record = None
+    if op == "put":
+        record = Record(kind=str(kind), name=str(name), data=json.loads(data), revision=int(revision),
+                        created_revision=int(created), parent=parent, deleted=bool(deleted))
+    return Change(revision=int(revision), kind=str(kind), name=str(name), op=str(op), record=record)
+
+
 def _chunks(items: Sequence[Key], size: int = _CHUNK) -> Iterator[Sequence[Key]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -133,7 +205,15 @@ class SqlStore:
         self.dialect = "postgresql" if engine_url.startswith("postgresql") else "sqlite"
         self.engine: Engine = _sqlite_engine(engine_url) if self.dialect == "sqlite" else create_engine(engine_url)
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
-        self._write_lock = threading.Lock()
+        self._sql = _statements(self.dialect)
+        self._write_lock = threading.Lock()        # held by the leader of a group commit (and by migrate)
+        self._queue: builtins.list[_Pending] = []  # commit requests waiting for the next leader
+        self._queue_lock = threading.Lock()
+        # Changes of this process's own commits, covering every revision in (_recent_from, _recent_to]:
+        # the change feed right after a local commit needs no query (see changes()).
+        self._recent: builtins.list[ChangeRow] = []
+        self._recent_from = self._recent_to = -1
+        self._recent_lock = threading.Lock()
         self._listener: PgListener | None = None
         if self.dialect == "postgresql":
             conninfo = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -177,17 +257,37 @@ class SqlStore:
             with conn.begin():
                 yield conn
 
+    @contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        """A DBAPI cursor on a pooled connection, for single reads (SQLite: autocommit; PostgreSQL: the
+        pool rolls the read-only transaction back on return)."""
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
+
     # ---------------------------------------------------------------------------- reads
     def head(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(meta.c.value).where(meta.c.key == HEAD)).scalar_one())
+        with self._cursor() as cur:
+            cur.execute(self._sql["head"])
+            return int(cur.fetchone()[0])
 
     def get(self, kind: str, name: str) -> Record | None:
         check_text(kind, "kind")
         check_text(name, "name")
-        with self.engine.connect() as conn:
-            row = conn.execute(select(records).where(records.c.kind == kind, records.c.name == name)).first()
-        return None if row is None else _record(row)
+        with self._cursor() as cur:
+            cur.execute(self._sql["get"], (kind, name))
+            row = cur.fetchone()
+        if row is None:
+            return None
+        kind_, name_, data, revision, created, parent, deleted = row
+        return Record(kind=str(kind_), name=str(name_), data=json.loads(data), revision=int(revision),
+                      created_revision=int(created), parent=parent, deleted=bool(deleted))
 
     def list(self, kind: str, *, parent: str | None = None, prefix: str | None = None,
              include_deleted: bool = False, page_size: int = 1000, page_token: str = "") -> Page:
@@ -236,27 +336,28 @@ class SqlStore:
 
     def changes(self, since: int, *, limit: int = 10_000) -> builtins.list[Change]:
         """Changes after ``since``, oldest first. ``limit`` never splits a revision: when it cuts one,
-        that revision's changes are all returned (so ``since = last.revision`` never skips any)."""
+        that revision's changes are all returned (so ``since = last.revision`` never skips any).
+
+        Right after a commit of this process, the changes since a revision it covers come from memory
+        (the commits of this process since then, nothing from other writers in between): the feed up to
+        that commit, without a query. Later revisions, if any, come with the next call, as from a read
+        made a moment earlier."""
         if limit < 1:
             raise InvalidArgument("limit must be at least 1.", field="limit")
-        order = (changes.c.revision, changes.c.kind, changes.c.name)
-        with self.engine.connect() as conn:
-            rows = builtins.list(conn.execute(
-                select(changes).where(changes.c.revision > since).order_by(*order).limit(limit)).all())
+        with self._recent_lock:
+            if self._recent_from <= since < self._recent_to:
+                rows = [row for row in self._recent if row[0] > since]
+                if len(rows) < limit:
+                    return [_change(row) for row in rows]
+        with self._cursor() as cur:
+            cur.execute(self._sql["changes"], (since, limit))
+            rows = builtins.list(cur.fetchall())
             if len(rows) == limit:
-                cut = rows[-1].revision
-                rows = [row for row in rows if row.revision != cut]
-                rows.extend(conn.execute(select(changes).where(changes.c.revision == cut).order_by(*order)).all())
-        out = []
-        for row in rows:
-            record = None
-            if row.op == "put":
-                record = Record(kind=str(row.kind), name=str(row.name), data=json.loads(row.data),
-                                revision=int(row.revision), created_revision=int(row.created_revision),
-                                parent=row.parent, deleted=bool(row.deleted))
-            out.append(Change(revision=int(row.revision), kind=str(row.kind), name=str(row.name),
-                              op=str(row.op), record=record))
-        return out
+                cut = rows[-1][0]
+                rows = [row for row in rows if row[0] != cut]
+                cur.execute(self._sql["changes_at"], (cut,))
+                rows.extend(cur.fetchall())
+        return [_change(row) for row in rows]
 
     def wait(self, since: int, timeout: float) -> int:
         if self._listener is not None:
@@ -279,73 +380,161 @@ class SqlStore:
 
         Raises Aborted (``abort_message`` or the standard one) when an ``expect`` does not hold, and
         InvalidArgument when a (kind, name) appears twice among puts and deletes; nothing is written
-        then. Deleting an absent record is a no-op (no change is logged for it)."""
+        then. Deleting an absent record is a no-op (no change is logged for it).
+
+        Group commit: concurrent commits of this process queue up; whichever takes the write lock first
+        (the leader) runs every queued request in one database transaction, in queue order, each with
+        its own preconditions and its own revision, as if committed one after the other — so N writers
+        share one fsync. A request whose precondition fails is Aborted and writes nothing (and uses no
+        revision); the others still commit. Every caller returns once its request is durable."""
         keys: builtins.list[Key] = [(p.kind, p.name) for p in puts] + [(d.kind, d.name) for d in deletes]
         for kind, name in [*keys, *((e.kind, e.name) for e in expect)]:
             check_text(kind, "kind")
             check_text(name, "name")
         for p in puts:
             check_text(p.parent, "parent")
-        seen: set[Key] = set()
-        for key in keys:
-            if key in seen:
-                raise InvalidArgument(f"{key[0]} {key[1]!r} appears more than once in one commit; "
-                                      "write each record once.", field="puts")
-            seen.add(key)
-        texts = [dumps(p.data) for p in puts]
-        entries = audit_log.canonical_entries(audit)
-        wanted = sorted(seen | {(e.kind, e.name) for e in expect})
-        with self._transaction(write=True) as conn:
-            revision = int(conn.execute(update(meta).where(meta.c.key == HEAD).values(value=meta.c.value + 1)
-                                        .returning(meta.c.value)).scalar_one())
-            current = self._revisions(conn, wanted)
-            for e in expect:
-                actual = current.get((e.kind, e.name))
-                if (None if actual is None else actual[0]) != e.revision:
-                    raise Aborted(abort_message or ABORTED_MESSAGE)  # no metadata: it would reach clients
-            self._apply(conn, revision, puts, texts, deletes, current)
-            audit_log.append(conn, entries, revision, rfc3339(self._clock()))
-            if self.dialect == "postgresql":
-                conn.execute(text("SELECT pg_notify(:channel, :payload)"),
-                             {"channel": CHANNEL, "payload": str(revision)})
-        return revision
+        if len(set(keys)) != len(keys):
+            seen: set[Key] = set()
+            for key in keys:
+                if key in seen:
+                    raise InvalidArgument(f"{key[0]} {key[1]!r} appears more than once in one commit; "
+                                          "write each record once.", field="puts")
+                seen.add(key)
+        pending = _Pending(puts, [dumps(p.data) for p in puts], deletes, expect,
+                           audit_log.canonical_entries(audit), abort_message)
+        with self._queue_lock:
+            self._queue.append(pending)
+        with self._write_lock:
+            if not pending.done:                     # nobody took it: lead a group with whatever is queued
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit_group(batch)
+        if pending.error is not None:
+            raise pending.error
+        return pending.revision
 
-    @staticmethod
-    def _revisions(conn: Connection, keys: Sequence[Key]) -> dict[Key, tuple[int, int]]:
+    def _commit_group(self, batch: Sequence[_Pending]) -> None:
+        """Run ``batch`` in one transaction (under the write lock); record each request's outcome."""
+        try:
+            now = rfc3339(self._clock())
+            with self.engine.connect() as conn:
+                conn.execution_options(**{_WRITE: True})
+                with conn.begin():
+                    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                    try:
+                        first, last = self._write_group(cur, batch, now)
+                    finally:
+                        cur.close()
+            self._remember(batch, first, last)
+        except BaseException as exc:
+            for p in batch:
+                p.error, p.revision = exc, 0
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for p in batch:
+                p.done = True
+
+    def _write_group(self, cur: Any, batch: Sequence[_Pending], now: str) -> tuple[int, int]:
+        """The statements of a group commit; returns (head before, head after)."""
+        sql = self._sql
+        cur.execute(sql["lock_head"])               # PostgreSQL: the row lock that serialises writers
+        head = int(cur.fetchone()[0])
+        wanted = sorted({key for p in batch for key in (*((x.kind, x.name) for x in p.puts),
+                                                       *((x.kind, x.name) for x in p.deletes),
+                                                       *((x.kind, x.name) for x in p.expect))})
+        before = self._revisions(cur, wanted)       # (revision, created_revision) of existing records
+        state: dict[Key, tuple[int, int] | None] = dict(before)
+        final: dict[Key, tuple[str, str | None, str | None, bool, int, int] | None] = {}
+        audit_rows: builtins.list[tuple[int, Mapping[str, Any], str]] = []
+        revision = head
+        for p in batch:
+            if any((None if (s := state.get((e.kind, e.name))) is None else s[0]) != e.revision for e in p.expect):
+                p.error = Aborted(p.abort_message or ABORTED_MESSAGE)  # no metadata: it would reach clients
+                continue
+            revision += 1
+            p.revision = revision
+            for put, data in zip(p.puts, p.texts, strict=True):
+                key = (put.kind, put.name)
+                existing = state.get(key)
+                created = revision if existing is None else existing[1]
+                state[key] = (revision, created)
+                final[key] = ("put", data, put.parent, put.deleted, revision, created)
+                p.log.append((revision, put.kind, put.name, "put", data, put.parent, put.deleted, created))
+            for d in p.deletes:
+                key = (d.kind, d.name)
+                if state.get(key) is not None:
+                    state[key] = None
+                    final[key] = None
+                    p.log.append((revision, d.kind, d.name, "delete", None, None, None, None))
+            audit_rows.extend((revision, entry, text) for entry, text in p.entries)
+        if revision == head:
+            return head, head                       # every request aborted: nothing to write
+        inserts, updates, gone = [], [], []
+        for key, row in final.items():
+            if row is None:
+                if key in before:
+                    gone.append(key)
+            elif key in before:
+                updates.append((row[2], row[1], row[4], row[3], key[0], key[1]))
+            else:
+                inserts.append((key[0], key[1], row[2], row[1], row[4], row[5], row[3]))
+        if gone:
+            cur.executemany(sql["delete"], gone)
+        if updates:
+            cur.executemany(sql["update"], updates)
+        if inserts:
+            cur.executemany(sql["insert"], inserts)
+        log = [row for p in batch if p.error is None for row in p.log]
+        if log:
+            cur.executemany(sql["log"], log)
+        if audit_rows:
+            self._append_audit(cur, audit_rows, now)
+        cur.execute(sql["set_head"], (revision,))
+        if self.dialect == "postgresql":
+            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(revision)))
+        return head, revision
+
+    def _revisions(self, cur: Any, keys: Sequence[Key]) -> dict[Key, tuple[int, int]]:
         """(revision, created_revision) of the existing records among ``keys``."""
         found: dict[Key, tuple[int, int]] = {}
+        mark = "%s" if self.dialect == "postgresql" else "?"
         for chunk in _chunks(keys):
-            query = select(records.c.kind, records.c.name, records.c.revision, records.c.created_revision)
-            for row in conn.execute(query.where(tuple_(records.c.kind, records.c.name).in_(chunk))):
-                found[(str(row.kind), str(row.name))] = (int(row.revision), int(row.created_revision))
+            values = ", ".join([f"({mark}, {mark})"] * len(chunk))
+            cur.execute("SELECT kind, name, revision, created_revision FROM records "
+                        f"WHERE (kind, name) IN (VALUES {values})", [v for key in chunk for v in key])
+            for kind, name, revision, created in cur.fetchall():
+                found[(str(kind), str(name))] = (int(revision), int(created))
         return found
 
-    @staticmethod
-    def _apply(conn: Connection, revision: int, puts: Sequence[Put], texts: Sequence[str],
-               deletes: Sequence[Delete], current: Mapping[Key, tuple[int, int]]) -> None:
-        inserts, updates, log = [], [], []
-        for put, data in zip(puts, texts, strict=True):
-            existing = current.get((put.kind, put.name))
-            created = revision if existing is None else existing[1]
-            row = {"data": data, "parent": put.parent, "deleted": put.deleted, "revision": revision}
-            log.append({"revision": revision, "kind": put.kind, "name": put.name, "op": "put",
-                        "created_revision": created, **row})
-            if existing is None:
-                inserts.append({"kind": put.kind, "name": put.name, "created_revision": created, **row})
-            else:
-                updates.append({"b_kind": put.kind, "b_name": put.name, **row})
-        gone = [{"b_kind": d.kind, "b_name": d.name} for d in deletes if (d.kind, d.name) in current]
-        log.extend({"revision": revision, "kind": g["b_kind"], "name": g["b_name"], "op": "delete", "data": None,
-                    "parent": None, "deleted": None, "created_revision": None} for g in gone)
-        match = (records.c.kind == bindparam("b_kind"), records.c.name == bindparam("b_name"))
-        if inserts:
-            conn.execute(records.insert(), inserts)
-        if updates:
-            conn.execute(update(records).where(*match), updates)
-        if gone:
-            conn.execute(delete(records).where(*match), gone)
-        if log:
-            conn.execute(changes.insert(), log)
+    def _append_audit(self, cur: Any, rows: Sequence[tuple[int, Mapping[str, Any], str]], now: str) -> None:
+        """Chain ``rows`` (revision, entry, canonical text) onto the audit log, in order."""
+        cur.execute(self._sql["audit_seq"], (len(rows),))  # PostgreSQL: locks the audit_seq row
+        seq = int(cur.fetchone()[0]) - len(rows) + 1
+        prev = GENESIS_HASH
+        if seq > 1:
+            cur.execute(self._sql["audit_prev"], (seq - 1,))
+            found = cur.fetchone()
+            prev = str(found[0]) if found is not None else GENESIS_HASH  # a deleted tail shows up in verify()
+        out = []
+        for revision, entry, entry_text in rows:
+            stamp = entry.get("timestamp")
+            digest = chain_hash(prev, entry_text)
+            out.append((seq, revision, stamp if isinstance(stamp, str) else now, entry_text, prev, digest))
+            prev = digest
+            seq += 1
+        cur.executemany(self._sql["audit_insert"], out)
+
+    def _remember(self, batch: Sequence[_Pending], first: int, last: int) -> None:
+        """Keep the group's changes for the change feed (see changes())."""
+        if last == first:
+            return
+        rows = sorted((row for p in batch if p.error is None for row in p.log), key=lambda r: (r[0], r[1], r[2]))
+        with self._recent_lock:
+            if first != self._recent_to or len(self._recent) + len(rows) > _RECENT:
+                self._recent, self._recent_from = [], first   # another writer came in between, or full
+            self._recent.extend(rows)
+            self._recent_to = last
 
     # ---------------------------------------------------------------------------- audit
     def append_audit(self, entries: Sequence[Mapping[str, Any]]) -> None:

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat uv.lock pyproject.toml | cksum | cut -d'
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run demo test lint typecheck bench bench-server bench-quick clean
+.PHONY: install run demo test lint typecheck bench bench-server bench-identity bench-quick clean
 
 install: $(STAMP)
 
@@ -46,9 +46,13 @@ test: lint typecheck
 bench: install
 	$(VENV)/bin/python bench/run.py --scales small,medium,large --out docs/benchmarks.md
 	$(VENV)/bin/python bench/server.py --backends sqlite,postgresql --out docs/benchmarks.md
+	$(VENV)/bin/python bench/identity.py --out docs/benchmarks.md
 
 bench-server: install
 	$(VENV)/bin/python bench/server.py --backends sqlite,postgresql --out docs/benchmarks.md
+
+bench-identity: install
+	$(VENV)/bin/python bench/identity.py --out docs/benchmarks.md
 
 bench-quick: install
 	$(VENV)/bin/python bench/run.py --quick --out /tmp/keycard-bench-quick.md

@@ -12,13 +12,15 @@ def register(router: Router) -> None:
         cloudidentity,
         iam_roles,
         iam_v2,
+        oauth,
         orgpolicy,
         resourcemanager,
         service_accounts,
         troubleshooter,
     )
 
-    for module in (resourcemanager, iam_roles, iam_v2, cloudidentity, orgpolicy, troubleshooter, service_accounts):
+    for module in (resourcemanager, iam_roles, iam_v2, cloudidentity, orgpolicy, troubleshooter, service_accounts,
+                   oauth):
         module.register(router)
 
     def jwks(app: Any, ctx: Any) -> Any:

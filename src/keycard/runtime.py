@@ -58,6 +58,9 @@ class Runtime:
         self._apply_lock = threading.Lock()
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
+        # (kind, name, revision) → the already-parsed form of a record this replica just wrote (set by
+        # Services.commit around its catch-up), so applying that revision need not parse it again
+        self.parsed: dict[tuple[str, str, int], Any] = {}
 
     # -------------------------------------------------------------------------------- loading
     def bootstrap(self) -> None:
@@ -152,7 +155,8 @@ class Runtime:
                 if isinstance(pid, str) and r.name.startswith("//cloudresourcemanager.googleapis.com/projects/"):
                     e.set_project_id(r.name, pid)
             elif r.kind == "iam_policy":
-                e.set_iam_policy(r.name, _strip_etag(d), unknown_roles="ignore")
+                ready = self.parsed.get((r.kind, r.name, r.revision))
+                e.set_iam_policy(r.name, ready if ready is not None else _strip_etag(d), unknown_roles="ignore")
             elif r.kind == "role":
                 e.put_role({**_role_json(d), "deleted": bool(d.get("deleted")) or r.deleted})
             elif r.kind == "group":

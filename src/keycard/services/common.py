@@ -91,13 +91,26 @@ class Services:
     def commit(self, caller: Caller, *, puts: Sequence[Put] = (), deletes: Sequence[Delete] = (),
                expect: Sequence[Expect] = (), method: str, service: str, resource_name: str,
                request: Mapping[str, Any] | None = None, response: Mapping[str, Any] | None = None,
-               service_data: Mapping[str, Any] | None = None) -> int:
-        """One transaction: the writes and their Admin Activity audit entry; then the engine catches up."""
+               service_data: Mapping[str, Any] | None = None, parsed: Mapping[tuple[str, str], Any] | None = None,
+               ) -> int:
+        """One transaction: the writes and their Admin Activity audit entry; then the engine catches up.
+
+        ``parsed``: (kind, name) → the engine's form of a put's data, exactly what parsing the stored
+        record would give; the catch-up applies it instead of parsing the record again."""
         entry = self.audit_entry(caller, method=method, service=service, resource_name=resource_name,
                                  request=request, response=response, service_data=service_data,
                                  log="activity")
         revision = self.runtime.store.commit(puts, deletes, expect=expect, audit=[entry])
-        self.runtime.catch_up()
+        if parsed:
+            ready = {(kind, name, revision): value for (kind, name), value in parsed.items()}
+            self.runtime.parsed.update(ready)
+            try:
+                self.runtime.catch_up()
+            finally:
+                for key in ready:
+                    self.runtime.parsed.pop(key, None)
+        else:
+            self.runtime.catch_up()
         caller.revision = revision
         return revision
 

@@ -14,6 +14,7 @@ Semantics (Google's, plus one safety net):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -190,11 +191,16 @@ def set_iam_policy(svc: Services, caller: Caller, resource: str, body: Mapping[s
                 f"This change would remove your own {permission} on {resource}, locking you out. If you mean it, "
                 "send the request again with the header 'X-Keycard-Allow-Lockout: true'.",
                 reason="SELF_LOCKOUT", field="policy.bindings")
+    # what parsing the stored record will give, when that is the request's policy: applied as is
+    same = "bindings" in mask and new.get("version") == parsed.version \
+        and [dict(a) for a in parsed.audit_configs] == list(new.get("auditConfigs") or [])
+    ready = (dataclasses.replace(parsed, etag="") if parsed.etag else parsed) if same else None
     revision = svc.commit(caller, puts=[Put("iam_policy", resource, new)],
                           expect=[Expect("iam_policy", resource, rev if rev else None)],
                           method=method, service=service, resource_name=resource.split("/", 3)[3],
                           request={"resource": resource, "policy": dict(raw)},
-                          service_data=policy_delta(current, new))
+                          service_data=policy_delta(current, new),
+                          parsed={("iam_policy", resource): ready} if ready is not None else None)
     out = _present(new, revision)
     return out
 

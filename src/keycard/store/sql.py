@@ -417,14 +417,21 @@ class SqlStore:
         """Run ``batch`` in one transaction (under the write lock); record each request's outcome."""
         try:
             now = rfc3339(self._clock())
-            with self.engine.connect() as conn:
-                conn.execution_options(**{_WRITE: True})
-                with conn.begin():
-                    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-                    try:
-                        first, last = self._write_group(cur, batch, now)
-                    finally:
-                        cur.close()
+            raw = self.engine.raw_connection()       # DBAPI level: no per-statement SQLAlchemy work
+            try:
+                cur = raw.cursor()
+                try:
+                    if self.dialect == "sqlite":
+                        cur.execute("BEGIN IMMEDIATE")   # the database write lock, up front (see module doc)
+                    first, last = self._write_group(cur, batch, now)
+                    raw.commit()
+                except BaseException:
+                    raw.rollback()
+                    raise
+                finally:
+                    cur.close()
+            finally:
+                raw.close()
             self._remember(batch, first, last)
         except BaseException as exc:
             for p in batch:

@@ -182,7 +182,11 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
           database: DatabaseOpt = None, data_dir: DataDirOpt = Path(".keycard"),
           enforcement: Annotated[str, typer.Option(help="enforce, or dry-run (allow, but record would-be "
                                                    "denials)")] = "enforce",
-          log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning") -> None:
+          log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+          grpc_port: Annotated[int, typer.Option(help="Also serve google.iam.admin.v1.IAM over gRPC on this port "
+                                                 "(for google-cloud-iam's IAMClient); 0: off")] = 0,
+          grpc_insecure: Annotated[bool, typer.Option(help="gRPC on a plain port on --host instead of local "
+                                                      "credentials on 127.0.0.1")] = False) -> None:
     """Run the keycard server (Google's REST APIs at Google's paths)."""
     import uvicorn
 
@@ -210,8 +214,30 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
               f"http://{host}:{port}/v3/organizations:search", highlight=False)
     # Google's discovery clients (httplib2) reuse idle connections without retrying: keep them open.
     # httptools + uvloop: the C HTTP parser and event loop (about 2x fewer µs per request than h11/asyncio).
-    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False, timeout_keep_alive=650,
-                http="httptools", loop="uvloop")
+    grpc_server = _start_grpc(services, application, host, port, grpc_port, grpc_insecure) if grpc_port else None
+    try:
+        uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False,
+                    timeout_keep_alive=650, http="httptools", loop="uvloop")
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop(2).wait()
+
+
+def _start_grpc(services: Any, application: Any, host: str, port: int, grpc_port: int, insecure: bool) -> Any:
+    """The optional gRPC listener, sharing the HTTP app's services and authenticator."""
+    if not 0 < grpc_port < 65536:
+        raise KeycardError(f"Invalid --grpc-port {grpc_port}: a port number (1-65535), or 0 for no gRPC listener.")
+    try:
+        from keycard.grpc_iam import start_grpc_server
+    except ImportError as e:
+        raise KeycardError(f"--grpc-port needs grpcio and google-cloud-iam ({e}): pip install 'keycard-iam[grpc]'."
+                           ) from None
+    server, bound = start_grpc_server(services, application.state.keycard.authn, port=grpc_port,
+                                      base_url=f"http://{host}:{port}", host=host if insecure else "127.0.0.1",
+                                      insecure=insecure)
+    err.print(f"keycard serving google.iam.admin.v1.IAM over gRPC on {host if insecure else '127.0.0.1'}:{bound} "
+              f"({'plaintext' if insecure else 'local credentials, loopback only'})", highlight=False)
+    return server
 
 
 auth_app = typer.Typer(help="Credentials for talking to a keycard server.", no_args_is_help=True)

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,19 +48,22 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
 
-def start_server(database: str, log: Path, *, enforcement: str = "enforce", domain: str = "example.com") -> Server:
+def start_server(database: str, log: Path, *, enforcement: str = "enforce", domain: str = "example.com",
+                 extra_args: Sequence[str] = ()) -> Server:
     init = subprocess.run([*KEYCARD, "init", "--organization-domain", domain, "--admin", f"user:{ADMIN}",
                            "--database", database, "--format", "json"], capture_output=True, text=True)
     assert init.returncode == 0, init.stderr
-    return serve(database, log, json.loads(init.stdout)["organization"], enforcement=enforcement)
+    return serve(database, log, json.loads(init.stdout)["organization"], enforcement=enforcement,
+                 extra_args=extra_args)
 
 
-def serve(database: str, log: Path, organization: str, *, enforcement: str = "enforce") -> Server:
+def serve(database: str, log: Path, organization: str, *, enforcement: str = "enforce",
+          extra_args: Sequence[str] = ()) -> Server:
     """`keycard serve` on a free port against an initialised database; returns once /healthz answers."""
     port = free_port()
     fh = log.open("ab")
     proc = subprocess.Popen([*KEYCARD, "serve", "--port", str(port), "--database", database,
-                             "--enforcement", enforcement], stdout=fh, stderr=subprocess.STDOUT,
+                             "--enforcement", enforcement, *extra_args], stdout=fh, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

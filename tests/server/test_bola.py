@@ -53,12 +53,6 @@ SKIPPED = {
                       "iam.projects.roles.list / iam.organizations.roles.list, covered below)",
     "iam.roles.get": "predefined roles are a public catalog, readable by anyone",
     "keycard.jwks": "public: the token-signing public keys",
-    **{op: "public: the OAuth2 token endpoint authenticates the signed assertion it is sent (tests/server/"
-           "test_forgery.py)" for op in ("oauth2.token", "oauth2.v4.token")},
-    **{op: "public: tokeninfo describes only the token it is given, which must verify"
-       for op in ("oauth2.tokeninfo", "oauth2.tokeninfo.get", "oauth2.v3.tokeninfo", "oauth2.v3.tokeninfo.post")},
-    **{op: "public, as Google's: OpenID discovery and service accounts' public key certificates"
-       for op in ("keycard.openidConfiguration", "keycard.serviceAccountCertificates", "keycard.serviceAccountJwks")},
 }
 
 CASES: dict[str, Case] = {
@@ -153,6 +147,17 @@ CASES.update({
     f"{_SAO}.keys.delete": Case("DELETE", _ONE_SA + "/keys/{SAKEY}", ("SAEMAIL", "SAKEY")),
     f"{_SAO}.keys.disable": Case("POST", _ONE_SA + "/keys/{SAKEY}:disable", ("SAEMAIL", "SAKEY"), body={}),
     f"{_SAO}.keys.enable": Case("POST", _ONE_SA + "/keys/{SAKEY}:enable", ("SAEMAIL", "SAKEY"), body={}),
+})
+
+# ------------------------------------------------------------------------------------ IAM Credentials
+_IC = "/v1/projects/-/serviceAccounts/{SAEMAIL}"
+_ICO = "iamcredentials.projects.serviceAccounts"
+CASES.update({
+    f"{_ICO}.generateAccessToken": Case("POST", _IC + ":generateAccessToken", ("SAEMAIL",),
+                                        body={"scope": ["https://www.googleapis.com/auth/cloud-platform"]}),
+    f"{_ICO}.generateIdToken": Case("POST", _IC + ":generateIdToken", ("SAEMAIL",), body={"audience": "x"}),
+    f"{_ICO}.signJwt": Case("POST", _IC + ":signJwt", ("SAEMAIL",), body={"payload": "{{}}"}),  # str.format escape
+    f"{_ICO}.signBlob": Case("POST", _IC + ":signBlob", ("SAEMAIL",), body={"payload": "aGk="}),
 })
 
 _SET_POLICY = {"policy": {"bindings": [{"role": "roles/owner", "members": [f"user:{STRANGER}"]}]}}

@@ -299,7 +299,9 @@ def test_constraints_listing() -> None:
     assert by[NOKEY]["booleanConstraint"] == {} and by[NOKEY]["constraintDefault"] == "ALLOW"
     assert by[AUTO]["displayName"] == "Disable Automatic IAM Grants for Default Service Accounts"
     assert constraints()[0]["name"].startswith("constraints/")
-    assert set(CONSTRAINTS) == {DRS, NOKEY, AUTO, EXPIRY, "iam.disableServiceAccountKeyUpload"}
+    assert set(CONSTRAINTS) == {DRS, NOKEY, AUTO, EXPIRY, "iam.disableServiceAccountKeyUpload",
+                                "iam.allowServiceAccountCredentialLifetimeExtension"}
+    assert by["iam.allowServiceAccountCredentialLifetimeExtension"]["constraintDefault"] == "DENY"
 
 
 def test_constraint_json_matches_discovery_schema() -> None:

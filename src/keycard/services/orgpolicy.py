@@ -78,6 +78,11 @@ CONSTRAINTS: Mapping[str, ConstraintInfo] = {c.name: c for c in (
         "Sets the lifetime of newly created user-managed service account keys. Allowed values: "
         + ", ".join(KEY_EXPIRY_VALUES) + "; the shortest allowed value applies.",
         "list", values=KEY_EXPIRY_VALUES),
+    ConstraintInfo(
+        "iam.allowServiceAccountCredentialLifetimeExtension",
+        "Allow extending lifetime of OAuth 2.0 access tokens to up to 12 hours",
+        "Lists the service accounts (by email) whose OAuth 2.0 access tokens from generateAccessToken may live "
+        "up to 12 hours instead of 1 hour. By default no account may.", "list", default="DENY"),
 )}
 
 

@@ -12,16 +12,16 @@ def register(router: Router) -> None:
         cloudidentity,
         iam_roles,
         iam_v2,
-        oauth,
+        iamcredentials,
         orgpolicy,
         resourcemanager,
         service_accounts,
         troubleshooter,
     )
 
-    for module in (resourcemanager, iam_roles, iam_v2, cloudidentity, orgpolicy, troubleshooter, service_accounts,
-                   oauth):
+    for module in (resourcemanager, iam_roles, iam_v2, cloudidentity, orgpolicy, troubleshooter, service_accounts):
         module.register(router)
+    iamcredentials.register(router)
 
     def jwks(app: Any, ctx: Any) -> Any:
         return app.keys().jwks()

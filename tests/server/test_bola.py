@@ -53,6 +53,12 @@ SKIPPED = {
                       "iam.projects.roles.list / iam.organizations.roles.list, covered below)",
     "iam.roles.get": "predefined roles are a public catalog, readable by anyone",
     "keycard.jwks": "public: the token-signing public keys",
+    **{op: "public: the OAuth2 token endpoint authenticates the signed assertion it is sent (tests/server/"
+           "test_forgery.py)" for op in ("oauth2.token", "oauth2.v4.token")},
+    **{op: "public: tokeninfo describes only the token it is given, which must verify"
+       for op in ("oauth2.tokeninfo", "oauth2.tokeninfo.get", "oauth2.v3.tokeninfo", "oauth2.v3.tokeninfo.post")},
+    **{op: "public, as Google's: OpenID discovery and service accounts' public key certificates"
+       for op in ("keycard.openidConfiguration", "keycard.serviceAccountCertificates", "keycard.serviceAccountJwks")},
 }
 
 CASES: dict[str, Case] = {

@@ -13,13 +13,15 @@ def register(router: Router) -> None:
         iam_roles,
         iam_v2,
         iamcredentials,
+        oauth,
         orgpolicy,
         resourcemanager,
         service_accounts,
         troubleshooter,
     )
 
-    for module in (resourcemanager, iam_roles, iam_v2, cloudidentity, orgpolicy, troubleshooter, service_accounts):
+    for module in (resourcemanager, iam_roles, iam_v2, cloudidentity, orgpolicy, troubleshooter, service_accounts,
+                   oauth):
         module.register(router)
     iamcredentials.register(router)
 

@@ -129,6 +129,10 @@ def _parse_resource_cached(name: str, field: str) -> ResourceName:
     return hit
 
 
+# Cloud Storage object names may hold any UTF-8 but CR, LF and NUL (spaces, '//', …).
+_OBJECT_RE = re.compile(r"projects/_/buckets/[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]/objects/[^\r\n\x00]+")
+
+
 def _parse_resource_uncached(name: str, field: str) -> ResourceName:
     if len(name) > _MAX_NAME:
         raise _bad(field, name, f"longer than {_MAX_NAME} characters")
@@ -140,7 +144,8 @@ def _parse_resource_uncached(name: str, field: str) -> ResourceName:
     service, _, relative = name[2:].partition("/")
     if not _SERVICE_RE.fullmatch(service):
         raise _bad(field, name, "the service part must be a DNS name such as 'ml.googleapis.com'")
-    if not relative or not _RELATIVE_RE.fullmatch(relative):
+    object_name = service == "storage.googleapis.com" and _OBJECT_RE.fullmatch(relative) is not None
+    if not relative or (not object_name and not _RELATIVE_RE.fullmatch(relative)):
         raise _bad(field, name, "the path after the service must be non-empty segments separated by '/'")
     if service == "storage.googleapis.com" and "/" not in relative:
         relative = f"projects/_/buckets/{relative}"  # Cloud Asset Inventory names buckets //storage.googleapis.com/B

@@ -20,6 +20,7 @@ from keycard import names
 from keycard.identity.tokens import KeySet, SigningKey, generate_key
 from keycard.runtime import Runtime
 from keycard.services.common import Caller, Services
+from keycard.storage.blobs import BlobStore
 from keycard.store.base import Expect, Put
 from keycard.store.sql import SqlStore, open_store
 
@@ -149,13 +150,22 @@ class KeyRing:
         return self._keys
 
 
-def open_services(database: str, *, enforcement: str = "enforce") -> tuple[Services, KeyRing, SqlStore]:
+def default_objects_dir(database: str) -> Path:
+    """Where object data lives: beside an SQLite database file, else ``./.keycard/objects``."""
+    if database.startswith("sqlite:///") and not database.endswith(":memory:"):
+        return Path(database[len("sqlite:///"):]).resolve().parent / "objects"
+    return Path(".keycard").resolve() / "objects"
+
+
+def open_services(database: str, *, enforcement: str = "enforce", objects_dir: str | os.PathLike[str] | None = None
+                  ) -> tuple[Services, KeyRing, SqlStore]:
     store = open_store(database)
     store.migrate()
     inst = store.get("installation", "default")
     runtime = Runtime(store, clock=utcnow)
     runtime.bootstrap()
-    services = Services(runtime, utcnow, enforcement, str(inst.data["organization"]) if inst else None)
+    blobs = BlobStore(objects_dir if objects_dir is not None else default_objects_dir(database))
+    services = Services(runtime, utcnow, enforcement, str(inst.data["organization"]) if inst else None, blobs)
     return services, KeyRing(store), store
 
 

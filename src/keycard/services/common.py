@@ -11,6 +11,7 @@ from typing import Any
 from keycard import names
 from keycard.errors import InvalidArgument, PermissionDenied
 from keycard.runtime import Runtime
+from keycard.storage.blobs import BlobStore
 from keycard.store.base import Delete, Expect, Put
 
 __all__ = ["Caller", "Services", "parse_page_size", "rfc3339"]
@@ -57,6 +58,7 @@ class Services:
     clock: Callable[[], dt.datetime]
     enforcement: str = "enforce"               # or "dry-run"
     organization: str | None = None            # full name of the installation's organization
+    blobs: BlobStore | None = None             # object data of the storage API (None: storage is off)
 
     # ------------------------------------------------------------------------- authorization
     def authorize(self, caller: Caller, permission: str, resource: str, *, service: str,

@@ -1,0 +1,1 @@
+"""Cloud Storage: object data on disk."""

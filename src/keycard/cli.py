@@ -325,6 +325,31 @@ def logs_verify(database: DatabaseOpt = None, data_dir: DataDirOpt = Path(".keyc
     raise typer.Exit(1)
 
 
+@app.command("metadata-server")
+def metadata_server(
+        service_account: Annotated[str, typer.Option(help="The account to attach, e.g. "
+                                                     "runner@my-proj.iam.gserviceaccount.com")],
+        endpoint: Annotated[str, typer.Option(envvar="KEYCARD_ENDPOINT",
+                                              help="The keycard server's URL, e.g. http://127.0.0.1:8080")],
+        port: Annotated[int, typer.Option(help="Port to listen on")] = 8089,
+        host: Annotated[str, typer.Option(help="Address to listen on (keep it loopback)")] = "127.0.0.1",
+        project: Annotated[str | None, typer.Option(help="project-id to report (default: the account's)")] = None,
+        token: Annotated[str | None, typer.Option(envvar="KEYCARD_TOKEN", show_default=False,
+                                                  help="A keycard token of the caller attaching (who needs "
+                                                  "iam.serviceAccounts.actAs on the account)")] = None,
+        credentials: Annotated[Path | None, typer.Option(help="Or: a service-account key file to attach "
+                                                         "with")] = None,
+        scopes: Annotated[list[str] | None, typer.Option("--scopes", help="Scopes of the 'instance' "
+                                                         "(repeatable; default cloud-platform)")] = None,
+        universe_domain: Annotated[str, typer.Option(help="What universe/universe-domain answers")] =
+        "googleapis.com") -> None:
+    """Serve GCE metadata (tokens of one service account) for google-auth; needs actAs on the account."""
+    from keycard.identity.metadata import run_metadata_server
+    run_metadata_server(service_account=service_account, endpoint=endpoint, host=host, port=port, project=project,
+                        token=token, credentials=credentials, scopes=scopes or [], universe_domain=universe_domain,
+                        log=lambda m: err.print(m, highlight=False, markup=False))
+
+
 def main() -> None:
     try:
         app()

@@ -10,8 +10,9 @@ Accepted, in this order:
    the JWT carries a ``scope`` claim instead; lifetime at most one hour.
 
 Every accepted credential is then checked against the live identity registry: a token of an
-account or key that has been disabled or deleted since, or of a federation provider that has, is
-refused at the next request — no propagation delay on this replica.
+account or key that has been disabled or deleted since, or of a federation provider that has, or
+minted through a metadata-server attachment that has since been deleted, is refused at the next
+request — no propagation delay on this replica.
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ class Authenticator:
             if not key.usable_at(now):
                 raise _invalid(f"the service account key {kid} that issued this token is disabled or expired",
                                "KEY_DISABLED")
+        att = claims.get("att")
+        if att is not None:
+            attachment = reg.attachments.get(att)
+            if attachment is None or attachment.get("uniqueId") != claims.get("uid"):
+                raise _invalid(f"the metadata-server attachment {att} that issued this token was deleted",
+                               "ATTACHMENT_DELETED")
         provider = claims.get("fed")
         if provider is not None and not reg.provider_live(provider):
             raise _invalid(f"the workload identity provider {provider} that issued this token is disabled or "

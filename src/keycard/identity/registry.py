@@ -6,7 +6,9 @@ been disabled or deleted, stops working at the next request; so does a federated
 pool or provider was disabled or deleted.
 
 Records it mirrors (kinds): ``service_account`` (named by email), ``sa_key`` (named by key id),
-``wi_pool`` and ``wi_provider`` (named by their relative resource names).
+``wi_pool`` and ``wi_provider`` (named by their relative resource names), ``sa_attachment`` (a
+metadata server's attachment to an account, named by its id: tokens minted through it carry its
+id in the ``att`` claim and die with it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 __all__ = ["IDENTITY_KINDS", "AccountKey", "Registry", "ServiceAccount", "parse_time"]
 
-IDENTITY_KINDS = ("service_account", "sa_key", "wi_pool", "wi_provider", "oidc_provider")
+IDENTITY_KINDS = ("service_account", "sa_key", "wi_pool", "wi_provider", "oidc_provider", "sa_attachment")
 FAR_FUTURE = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
 
 
@@ -86,6 +88,7 @@ class Registry:
         self.pools: dict[str, Mapping[str, Any]] = {}      # pool name → pool JSON (with keycard fields)
         self.providers: dict[str, Mapping[str, Any]] = {}  # provider name → provider JSON
         self.oidc: dict[str, Mapping[str, Any]] = {}       # human-user IdP name → config
+        self.attachments: dict[str, Mapping[str, Any]] = {}    # attachment id → record (metadata servers)
 
     # ------------------------------------------------------------------------------ applying
     def put(self, kind: str, name: str, data: Mapping[str, Any], deleted: bool) -> None:
@@ -109,6 +112,11 @@ class Registry:
                 parse_time(data.get("validAfterTime")) or dt.datetime.min.replace(tzinfo=dt.UTC),
                 parse_time(data.get("validBeforeTime")) or FAR_FUTURE, bool(data.get("disabled")),
                 str(data.get("keyType", "USER_MANAGED")), data)
+        elif kind == "sa_attachment":
+            if deleted:
+                self.attachments.pop(name, None)
+            else:
+                self.attachments[name] = data
         elif kind in ("wi_pool", "wi_provider", "oidc_provider"):
             table = self.pools if kind == "wi_pool" else self.providers if kind == "wi_provider" else self.oidc
             if deleted and kind == "oidc_provider":
@@ -129,6 +137,8 @@ class Registry:
             self.providers.pop(name, None)
         elif kind == "oidc_provider":
             self.oidc.pop(name, None)
+        elif kind == "sa_attachment":
+            self.attachments.pop(name, None)
 
     # --------------------------------------------------------------------------------- reads
     def account(self, email_or_id: str) -> ServiceAccount | None:

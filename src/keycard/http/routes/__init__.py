@@ -25,6 +25,9 @@ def register(router: Router) -> None:
         module.register(router)
     iamcredentials.register(router)
 
+    from keycard.http.routes import attachments
+    attachments.register(router)
+
     def jwks(app: Any, ctx: Any) -> Any:
         return app.keys().jwks()
 

@@ -53,6 +53,8 @@ SKIPPED = {
                       "iam.projects.roles.list / iam.organizations.roles.list, covered below)",
     "iam.roles.get": "predefined roles are a public catalog, readable by anyone",
     "keycard.jwks": "public: the token-signing public keys",
+    "sts.token": "public: the subject token is the credential (RFC 8693); its rejections are "
+                 "test_workload_identity.py's forgery corpus",
     **{op: "public: the OAuth2 token endpoint authenticates the signed assertion it is sent (tests/server/"
            "test_forgery.py)" for op in ("oauth2.token", "oauth2.v4.token")},
     **{op: "public: tokeninfo describes only the token it is given, which must verify"
@@ -164,6 +166,30 @@ CASES.update({
     f"{_ICO}.generateIdToken": Case("POST", _IC + ":generateIdToken", ("SAEMAIL",), body={"audience": "x"}),
     f"{_ICO}.signJwt": Case("POST", _IC + ":signJwt", ("SAEMAIL",), body={"payload": "{{}}"}),  # str.format escape
     f"{_ICO}.signBlob": Case("POST", _IC + ":signBlob", ("SAEMAIL",), body={"payload": "aGk="}),
+})
+
+# ------------------------------------------------------------------- workload identity pools and providers
+_WIP = "/v1/projects/{PROJECT}/locations/global/workloadIdentityPools"
+_ONE_WIP = _WIP + "/{POOL}"
+_ONE_WIPP = _ONE_WIP + "/providers/{PROV}"
+_WIPO = "iam.projects.locations.workloadIdentityPools"
+CASES.update({
+    f"{_WIPO}.create": Case("POST", _WIP, ("PROJECT",), query={"workloadIdentityPoolId": "mallory-pool"}, body={}),
+    f"{_WIPO}.list": Case("GET", _WIP, ("PROJECT",)),
+    f"{_WIPO}.get": Case("GET", _ONE_WIP, ("POOL", "PROJECT")),
+    f"{_WIPO}.patch": Case("PATCH", _ONE_WIP, ("POOL",), query={"updateMask": "disabled"}, body={"disabled": True}),
+    f"{_WIPO}.delete": Case("DELETE", _ONE_WIP, ("POOL",)),
+    f"{_WIPO}.undelete": Case("POST", _ONE_WIP + ":undelete", ("POOL",), body={}),
+    f"{_WIPO}.operations.get": Case("GET", _ONE_WIP + "/operations/{WIPOP}", ("WIPOP", "POOL")),
+    f"{_WIPO}.providers.create": Case("POST", _ONE_WIP + "/providers", ("POOL",),
+                                      query={"workloadIdentityPoolProviderId": "mallory-prov"}, body={}),
+    f"{_WIPO}.providers.list": Case("GET", _ONE_WIP + "/providers", ("POOL",)),
+    f"{_WIPO}.providers.get": Case("GET", _ONE_WIPP, ("PROV", "POOL")),
+    f"{_WIPO}.providers.patch": Case("PATCH", _ONE_WIPP, ("PROV",), query={"updateMask": "disabled"},
+                                     body={"disabled": True}),
+    f"{_WIPO}.providers.delete": Case("DELETE", _ONE_WIPP, ("PROV",)),
+    f"{_WIPO}.providers.undelete": Case("POST", _ONE_WIPP + ":undelete", ("PROV",), body={}),
+    f"{_WIPO}.providers.operations.get": Case("GET", _ONE_WIPP + "/operations/{WIPPOP}", ("WIPPOP", "PROV")),
 })
 
 _SET_POLICY = {"policy": {"bindings": [{"role": "roles/owner", "members": [f"user:{STRANGER}"]}]}}
@@ -279,7 +305,21 @@ def world(server: Server) -> dict[str, dict[str, str]]:
                "CUSTOMER": _other_id(customer), "CONSTRAINT": "iam.disableServiceAccountKeyUpload",
                "SAEMAIL": "gone-sa1@bola-proj-1.iam.gserviceaccount.com", "SAKEY": _other_id(sa_key),
                "SAUID": _other_digits(gone["uniqueId"])}
+    wip = ok(c.post("/v1/projects/bola-proj-1/locations/global/workloadIdentityPools",
+                    params={"workloadIdentityPoolId": "bola-pool"}, json={}))
+    wipp = ok(c.post(f"/v1/{wip['response']['name']}/providers", params={"workloadIdentityPoolProviderId": "bola-prov"},
+                     json={"attributeMapping": {"google.subject": "assertion.sub"},
+                           "oidc": {"issuerUri": "https://bola.idp.test", "jwksJson": _BOLA_JWKS}}))
+    wipop, wippop = wip["name"].rsplit("/", 1)[1], wipp["name"].rsplit("/", 1)[1]
+    existing.update({"POOL": "bola-pool", "PROV": "bola-prov", "WIPOP": wipop, "WIPPOP": wippop})
+    missing.update({"POOL": "gone-pool", "PROV": "gone-prov", "WIPOP": _other_id(wipop),
+                    "WIPPOP": _other_id(wippop)})
     return {"existing": existing, "missing": missing}
+
+
+_BOLA_JWKS = json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "bola", "use": "sig", "alg": "ES256",
+                                   "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                                   "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]})
 
 
 def _customer(server: Server) -> str:

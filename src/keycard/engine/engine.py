@@ -739,6 +739,14 @@ class Engine:
         self._virtual.clear()
         self.revision += 1
 
+    def set_principal_sets(self, principal: str, sets: Iterable[str]) -> None:
+        """Record the principal sets a federated principal belongs to by its credential (e.g.
+        ``principalSet://iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/P/group/G``
+        or ``…/attribute.NAME/VALUE``), replacing earlier ones; policy members naming those sets then
+        match the principal. Cheap when nothing changed (called on every authenticated request)."""
+        if self._groups.set_principal_sets(principal, sets):
+            self.revision += 1
+
     def group_members(self, group: str) -> tuple[str, ...]:
         return self._groups.members(names.parse_member(group if ":" in group else f"group:{group}", "group"))
 

@@ -54,6 +54,7 @@ class GroupGraph:
         self._members: dict[str, tuple[str, ...]] = {}
         self._parents: dict[str, set[str]] = {}
         self._cache: dict[str, Identity] = {}
+        self._sets: dict[str, frozenset[str]] = {}     # principal key → principal sets recorded for it
 
     # ----------------------------------------------------------------------------------- writes
     def set_members(self, group: object, members: object, *, check_cycles: bool = True) -> None:
@@ -76,6 +77,34 @@ class GroupGraph:
         for m in new:
             self._parents.setdefault(m, set()).add(gkey)
         self._cache.clear()
+
+    def set_principal_sets(self, principal: str, sets: Iterable[str]) -> bool:
+        """Record the principal sets ``principal`` belongs to beyond what its name says: a federated
+        caller's ``principalSet://…/group/G`` and ``…/attribute.NAME/VALUE`` sets, which its credential
+        carries. They become extra parents of the principal's key (like group memberships), replacing
+        the ones recorded before. Only this principal's cached identity is invalidated, and only when
+        the sets change; True if they did."""
+        key = names.parse_member(principal, "principal")
+        new = frozenset(names.parse_member(s, "principalSets") for s in sets)
+        old = self._sets.get(key, frozenset())
+        parents = self._parents.get(key, set())
+        if new == old and new <= parents:
+            return False
+        # Real group memberships stay; the new set object is swapped in whole, so a concurrent walk
+        # keeps iterating the old one.
+        gone = {s for s in old - new if key not in self._members.get(s, ())}
+        self._parents[key] = (parents - gone) | new
+        if new:
+            self._sets[key] = new
+        else:
+            self._sets.pop(key, None)
+        self._cache.pop(key, None)
+        self._cache.pop(principal, None)          # the cache is keyed by the principal as callers write it
+        return True
+
+    def principal_sets(self, principal: str) -> frozenset[str]:
+        """The sets recorded by :meth:`set_principal_sets` for ``principal``."""
+        return self._sets.get(names.parse_member(principal, "principal"), frozenset())
 
     def load(self, groups: Mapping[str, Sequence[str]]) -> None:
         if not isinstance(groups, Mapping):

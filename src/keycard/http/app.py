@@ -73,6 +73,7 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
     decisions = Counter("keycard_decisions", "Authorization decisions", ["outcome"], registry=registry)
     authn = Authenticator(keys, services.runtime.identities, services.clock,
                           {base_url.rstrip("/")} if base_url else set())
+    authn.principal_sets = lambda p, sets: services.runtime.engine.set_principal_sets(p, sets)
     app_state = App(services, keys, router, registry, authn, base_url)
 
     async def dispatch(request: Request) -> Response:

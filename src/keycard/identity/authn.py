@@ -18,18 +18,20 @@ request — no propagation delay on this replica.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keycard.errors import Unauthenticated
+from keycard import names
+from keycard.errors import InvalidArgument, Unauthenticated
 from keycard.identity.registry import Registry
 from keycard.identity.tokens import PREFIX, AccessToken, KeySet
 
-__all__ = ["SELF_SIGNED_MAX_LIFETIME", "Authenticator"]
+__all__ = ["SELF_SIGNED_MAX_LIFETIME", "Authenticator", "federated_sets"]
 
 SELF_SIGNED_MAX_LIFETIME = 3600
 _CLOCK_SKEW = 300
@@ -47,6 +49,8 @@ class Authenticator:
     base_urls: set[str] = field(default_factory=set)          # this server's own URLs, accepted as audiences
     _self_signed: dict[str, AccessToken] = field(default_factory=dict)
     _public: dict[str, rsa.RSAPublicKey] = field(default_factory=dict)      # key id → loaded public key
+    # Engine hook: the principal sets a federated caller belongs to by its token (Engine.set_principal_sets).
+    principal_sets: Callable[[str, tuple[str, ...]], None] | None = None
 
     def authenticate(self, token: str) -> AccessToken:
         now = self.clock()
@@ -58,6 +62,8 @@ class Authenticator:
             raise _invalid("not a keycard access token or a service account's signed JWT; get a token with "
                            "`keycard auth print-access-token`", "ACCESS_TOKEN_TYPE_UNSUPPORTED")
         self.check_live(at, now)
+        if self.principal_sets is not None and "fed" in at.claims:
+            self.principal_sets(at.principal, federated_sets(at.principal, at.claims))
         return at
 
     # ------------------------------------------------------------------------------ liveness
@@ -148,3 +154,29 @@ class Authenticator:
             return False
         host = a[8:].split("/", 1)[0]
         return host.endswith(".googleapis.com") and host.count(".") == 2
+
+
+def federated_sets(principal: str, claims: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ``principalSet://…/group/G`` and ``…/attribute.NAME/VALUE`` sets of a federated token
+    (STS puts the mapped groups in ``grp`` and the attributes in ``attr``). Values that no policy
+    member could name (whitespace, over 127 characters) are left out."""
+    if not principal.startswith("principal://") or "/subject/" not in principal:
+        return ()
+    pool = "principalSet://" + principal[len("principal://"):].split("/subject/", 1)[0]
+    out: list[str] = []
+    groups = claims.get("grp")
+    for g in groups if isinstance(groups, list) else ():
+        if isinstance(g, str):
+            out.append(f"{pool}/group/{g}")
+    attrs = claims.get("attr")
+    for name, value in attrs.items() if isinstance(attrs, Mapping) else ():
+        for v in value if isinstance(value, list) else (value,):
+            if isinstance(v, str):
+                out.append(f"{pool}/attribute.{name}/{v}")
+    valid = []
+    for s in out:
+        try:
+            valid.append(names.parse_member(s, "principalSet"))
+        except InvalidArgument:
+            continue
+    return tuple(dict.fromkeys(valid))

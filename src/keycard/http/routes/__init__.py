@@ -28,6 +28,9 @@ def register(router: Router) -> None:
     from keycard.http.routes import attachments
     attachments.register(router)
 
+    from keycard.http.routes import workload_identity
+    workload_identity.register(router)
+
     def jwks(app: Any, ctx: Any) -> Any:
         return app.keys().jwks()
 

@@ -350,6 +350,102 @@ def metadata_server(
                         log=lambda m: err.print(m, highlight=False, markup=False))
 
 
+idp_app = typer.Typer(help="Company OpenID Connect identity providers whose users sign in with their ID tokens "
+                      "(local admin path, on the server's host).", no_args_is_help=True)
+app.add_typer(idp_app, name="idp")
+
+
+def _idp_call(database: str | None, data_dir: Path, organization: str | None, call: Any) -> Any:
+    from keycard.server import open_services
+    from keycard.services.common import Caller
+    services, _keys, store = open_services(_database(database, data_dir))
+    try:
+        org = organization or (services.organization or "").rsplit("/", 1)[-1]
+        if not org:
+            raise KeycardError("This database has no installation yet: run `keycard init` first.")
+        return call(services, Caller(None), org.removeprefix("organizations/"))
+    finally:
+        services.runtime.stop()
+        store.close()
+
+
+OrgOpt = Annotated[str | None, typer.Option("--organization", help="Organization number (default: the "
+                                            "installation's)")]
+
+
+@idp_app.command("add")
+def idp_add(provider_id: Annotated[str, typer.Argument(help="Provider id, e.g. corp-sso")],
+            issuer: Annotated[str, typer.Option(help="The IdP's issuer URL (the iss of its ID tokens)")],
+            client_id: Annotated[list[str], typer.Option(help="Accepted aud value (repeatable)")],
+            jwks_file: Annotated[Path | None, typer.Option(help="The IdP's public keys (JWKS JSON file)")] = None,
+            jwks_uri: Annotated[str | None, typer.Option(help="Or: where to fetch them")] = None,
+            subject: Annotated[str, typer.Option(help="CEL for google.subject (the user's email)")] =
+            "assertion.email",
+            groups: Annotated[str, typer.Option(help="CEL for google.groups (group emails); '' for none")] =
+            "assertion.groups",
+            condition: Annotated[str | None, typer.Option(help="attributeCondition (CEL, must be true)")] = None,
+            allowed_domain: Annotated[list[str] | None, typer.Option(help="Email domain its users may have "
+                                                                     "(repeatable; default: the organization's)")]
+            = None,
+            require_email_verified: Annotated[bool, typer.Option(help="Require email_verified in the token")]
+            = True,
+            display_name: Annotated[str | None, typer.Option(help="At most 32 characters")] = None,
+            organization: OrgOpt = None, database: DatabaseOpt = None, data_dir: DataDirOpt = Path(".keycard"),
+            fmt: FormatOpt = Format.table) -> None:
+    """Add an identity provider."""
+    from keycard.services import identity_providers as idp
+    oidc: dict[str, Any] = {"issuerUri": issuer, "clientIds": client_id}
+    if jwks_file is not None:
+        oidc["jwksJson"] = json.dumps(_read_json(jwks_file))
+    if jwks_uri is not None:
+        oidc["jwksUri"] = jwks_uri
+    mapping = {"google.subject": subject, **({"google.groups": groups} if groups else {})}
+    body: dict[str, Any] = {"oidc": oidc, "attributeMapping": mapping,
+                            "requireEmailVerified": require_email_verified}
+    if condition:
+        body["attributeCondition"] = condition
+    if allowed_domain:
+        body["allowedDomains"] = allowed_domain
+    if display_name:
+        body["displayName"] = display_name
+    out = _idp_call(database, data_dir, organization,
+                    lambda svc, caller, org: idp.create_provider(svc, caller, org, provider_id, body, local=True))
+    if fmt is not Format.table:
+        _emit(out, fmt)
+        return
+    console.print(f"Added {out['name']}: users of {issuer} sign in as user:EMAIL in "
+                  f"{', '.join(out['allowedDomains'])}.", highlight=False)
+
+
+@idp_app.command("list")
+def idp_list(organization: OrgOpt = None, database: DatabaseOpt = None, data_dir: DataDirOpt = Path(".keycard"),
+             fmt: FormatOpt = Format.table) -> None:
+    """List identity providers."""
+    from keycard.services import identity_providers as idp
+    out = _idp_call(database, data_dir, organization,
+                    lambda svc, caller, org: idp.list_providers(svc, caller, org, {"pageSize": "1000"}, local=True))
+    found = out.get("identityProviders", [])
+    if fmt is not Format.table:
+        _emit(found, fmt)
+        return
+    table = Table("name", "issuer", "client ids", "domains", "disabled")
+    for p in found:
+        o = p.get("oidc", {})
+        table.add_row(p["name"], o.get("issuerUri", ""), ", ".join(o.get("clientIds", [])),
+                      ", ".join(p.get("allowedDomains", [])), "yes" if p.get("disabled") else "no")
+    console.print(table)
+
+
+@idp_app.command("remove")
+def idp_remove(provider_id: Annotated[str, typer.Argument(help="Provider id")], organization: OrgOpt = None,
+               database: DatabaseOpt = None, data_dir: DataDirOpt = Path(".keycard")) -> None:
+    """Remove an identity provider: its users' ID tokens stop working at once."""
+    from keycard.services import identity_providers as idp
+    _idp_call(database, data_dir, organization,
+              lambda svc, caller, org: idp.delete_provider(svc, caller, org, provider_id, local=True))
+    console.print(f"Removed identity provider {provider_id}.", highlight=False)
+
+
 def main() -> None:
     try:
         app()

@@ -168,6 +168,20 @@ CASES.update({
     f"{_ICO}.signBlob": Case("POST", _IC + ":signBlob", ("SAEMAIL",), body={"payload": "aGk="}),
 })
 
+# ------------------------------------------------------------- organizations' OIDC identity providers
+_IDP = "/v1/organizations/{ORG}/keycardIdentityProviders"
+_IDPO = "iam.organizations.keycardIdentityProviders"
+_IDP_BODY = {"oidc": {"issuerUri": "https://mallory.idp.test", "clientIds": ["m"],
+                      "jwksUri": "https://mallory.idp.test/jwks"}}
+CASES.update({
+    f"{_IDPO}.create": Case("POST", _IDP, ("ORG",), query={"identityProviderId": "mallory-sso"}, body=_IDP_BODY),
+    f"{_IDPO}.list": Case("GET", _IDP, ("ORG",)),
+    f"{_IDPO}.get": Case("GET", _IDP + "/{IDP}", ("IDP", "ORG")),
+    f"{_IDPO}.patch": Case("PATCH", _IDP + "/{IDP}", ("IDP",), query={"updateMask": "displayName"},
+                           body={"displayName": "pwned"}),
+    f"{_IDPO}.delete": Case("DELETE", _IDP + "/{IDP}", ("IDP",)),
+})
+
 # ------------------------------------------------------------------- workload identity pools and providers
 _WIP = "/v1/projects/{PROJECT}/locations/global/workloadIdentityPools"
 _ONE_WIP = _WIP + "/{POOL}"
@@ -305,6 +319,10 @@ def world(server: Server) -> dict[str, dict[str, str]]:
                "CUSTOMER": _other_id(customer), "CONSTRAINT": "iam.disableServiceAccountKeyUpload",
                "SAEMAIL": "gone-sa1@bola-proj-1.iam.gserviceaccount.com", "SAKEY": _other_id(sa_key),
                "SAUID": _other_digits(gone["uniqueId"])}
+    ok(c.post(f"/v1/organizations/{org}/keycardIdentityProviders", params={"identityProviderId": "bola-sso"},
+              json={"oidc": {"issuerUri": "https://bola.idp.test", "clientIds": ["b"],
+                             "jwksUri": "https://bola.idp.test/jwks"}}))
+    existing["IDP"], missing["IDP"] = "bola-sso", "gone-sso"
     wip = ok(c.post("/v1/projects/bola-proj-1/locations/global/workloadIdentityPools",
                     params={"workloadIdentityPoolId": "bola-pool"}, json={}))
     wipp = ok(c.post(f"/v1/{wip['response']['name']}/providers", params={"workloadIdentityPoolProviderId": "bola-prov"},

@@ -8,6 +8,8 @@ Accepted, in this order:
    ``kid`` = one of the account's registered keys): what GAPIC clients send instead of calling the
    token endpoint. ``aud`` must be ``https://SERVICE.googleapis.com/`` (or this server's URL), or
    the JWT carries a ``scope`` claim instead; lifetime at most one hour.
+3. ID tokens of an organization's own OpenID Connect identity provider (a JWT whose ``iss`` is a
+   configured provider's issuer; :mod:`keycard.identity.oidc`): the user ``user:EMAIL`` it maps to.
 
 Every accepted credential is then checked against the live identity registry: a token of an
 account or key that has been disabled or deleted since, or of a federation provider that has, or
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keycard import names
 from keycard.errors import InvalidArgument, Unauthenticated
+from keycard.identity.oidc import OidcAuthenticator
 from keycard.identity.registry import Registry
 from keycard.identity.tokens import PREFIX, AccessToken, KeySet
 
@@ -51,19 +54,28 @@ class Authenticator:
     _public: dict[str, rsa.RSAPublicKey] = field(default_factory=dict)      # key id → loaded public key
     # Engine hook: the principal sets a federated caller belongs to by its token (Engine.set_principal_sets).
     principal_sets: Callable[[str, tuple[str, ...]], None] | None = None
+    oidc: OidcAuthenticator | None = None    # human users' company IdPs (default: those in the registry)
+
+    def __post_init__(self) -> None:
+        if self.oidc is None:
+            self.oidc = OidcAuthenticator(lambda: self.registry.oidc)
 
     def authenticate(self, token: str) -> AccessToken:
         now = self.clock()
         if token.startswith(PREFIX):
             at = self.keys().verify(token, now=now)
         elif token.count(".") == 2:
-            at = self._self_signed_jwt(token, now)
+            at = self._oidc_user(token, now) or self._self_signed_jwt(token, now)
         else:
             raise _invalid("not a keycard access token or a service account's signed JWT; get a token with "
                            "`keycard auth print-access-token`", "ACCESS_TOKEN_TYPE_UNSUPPORTED")
         self.check_live(at, now)
         if self.principal_sets is not None and "fed" in at.claims:
             self.principal_sets(at.principal, federated_sets(at.principal, at.claims))
+        if self.principal_sets is not None and at.principal.startswith("user:"):
+            # a user's groups mapped from their IdP's ID token count while they present that token
+            # (and are cleared when they present any other credential)
+            self.principal_sets(at.principal, tuple(at.claims.get("idp_groups", ())))
         return at
 
     # ------------------------------------------------------------------------------ liveness
@@ -96,6 +108,18 @@ class Authenticator:
         if provider is not None and not reg.provider_live(provider):
             raise _invalid(f"the workload identity provider {provider} that issued this token is disabled or "
                            "deleted", "PROVIDER_DISABLED")
+
+    # ------------------------------------------------------------- ID tokens of a company's IdP
+    def _oidc_user(self, token: str, now: dt.datetime) -> AccessToken | None:
+        """An ID token of a configured OIDC provider (keycard.identity.oidc) → its user; None if
+        the token's issuer is not a configured provider."""
+        if self.oidc is None or token in self._self_signed:      # a service account's JWT seen before
+            return None
+        user = self.oidc.authenticate(token, now)
+        if user is None:
+            return None
+        return AccessToken(token, user.principal, user.expires_at,
+                           {**user.claims, "idp": user.provider, "idp_groups": list(user.groups)})
 
     # ------------------------------------------------------------------------ self-signed JWTs
     def _self_signed_jwt(self, token: str, now: dt.datetime) -> AccessToken:

@@ -31,6 +31,9 @@ def register(router: Router) -> None:
     from keycard.http.routes import workload_identity
     workload_identity.register(router)
 
+    from keycard.http.routes import identity_providers
+    identity_providers.register(router)
+
     def jwks(app: Any, ctx: Any) -> Any:
         return app.keys().jwks()
 

@@ -182,11 +182,10 @@ def set_iam_policy(svc: Services, caller: Caller, resource: str, body: Mapping[s
     if any(b.get("condition") for b in new.get("bindings", [])):
         new["version"] = 3
     new.pop("etag", None)
-    if not allow_lockout and caller.principal is not None and svc.allowed(caller, permission, resource):
+    if not allow_lockout and caller.principal is not None:
         final = parsed if mask >= {"bindings"} and new.get("version") == parsed.version \
             else parse_allow_policy(new, "policy")
-        if not eng.check_with_policy(caller.principal, permission, resource, at=resource, policy=final,
-                                     time=svc.clock()):
+        if not _keeps(svc, caller.principal, permission, resource, final):
             raise FailedPrecondition(
                 f"This change would remove your own {permission} on {resource}, locking you out. If you mean it, "
                 "send the request again with the header 'X-Keycard-Allow-Lockout: true'.",
@@ -203,6 +202,35 @@ def set_iam_policy(svc: Services, caller: Caller, resource: str, body: Mapping[s
                           parsed={("iam_policy", resource): ready} if ready is not None else None)
     out = _present(new, revision)
     return out
+
+
+# membership chains that do not depend on any allow policy (unlike, e.g., projectOwner:P convenience values)
+_STABLE_MEMBERS = {"user", "group", "serviceAccount", "domain", "principal", "principalSet", "allUsers",
+                   "allAuthenticatedUsers"}
+
+
+def _keeps(svc: Services, principal: str, permission: str, resource: str, final: AllowPolicy) -> bool:
+    """Does ``principal`` still hold ``permission`` on ``resource`` once ``final`` is its allow policy
+    (or not hold it now, so there is nothing to lose)?
+
+    The what-if evaluation is needed only when the grant that gives the permission now could go away:
+    a grant by an ancestor's policy cannot (it does not depend on ``resource``'s policy, and deny
+    policies do not change with it), nor can an unconditional grant by a binding that ``final`` keeps
+    (same role, same member, no condition) through a membership that no allow policy defines."""
+    eng = svc.runtime.engine
+    now = svc.clock()
+    decision = eng.check(principal, permission, resource, time=now)
+    if not decision.allowed:
+        return True
+    grant = decision.grant
+    if grant is not None:
+        if grant.resource != eng.canonical_name(resource):
+            return True
+        if grant.condition is None and all(m.split(":", 1)[0] in _STABLE_MEMBERS for m in grant.membership) \
+                and any(b.role == grant.role and b.condition is None and grant.member in b.members
+                        for b in final.bindings):
+            return True
+    return eng.check_with_policy(principal, permission, resource, at=resource, policy=final, time=now)
 
 
 def test_iam_permissions(svc: Services, caller: Caller, resource: str, body: Mapping[str, Any]) -> dict[str, Any]:

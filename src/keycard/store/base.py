@@ -2,7 +2,9 @@
 
 keycard stores *records*: JSON documents addressed by ``(kind, name)`` — a folder, a project,
 the allow policy of a resource, a custom role, a group, a deny policy, an org policy, an
-operation, a server signing key. Every commit is one transaction that
+operation, a server signing key. Every commit is atomic and isolated — it behaves as one
+transaction of its own (an implementation may write several commits in one database transaction,
+as long as each keeps all of this) — and
 
 - checks each ``expect`` precondition (the record's current revision, or ``None`` = must not
   exist) and fails with :class:`keycard.errors.Aborted` writing nothing if one does not hold;

@@ -1,22 +1,32 @@
 """SqlStore: the Store protocol on SQLAlchemy Core, for ``sqlite:///path`` and ``postgresql://…``.
 
-Commits. Every commit first bumps the single ``meta.head`` row (``UPDATE … SET value = value + 1
-RETURNING value``) inside its transaction, so revisions are gap-free (a rolled-back commit also rolls
-back its bump) and writers are serialised: on PostgreSQL by the row lock (READ COMMITTED is then
-enough, because every later statement of the transaction sees everything committed before the lock
-was granted), on SQLite by ``BEGIN IMMEDIATE``, which takes the database write lock up front, so
-two writers can never deadlock upgrading a read lock. Only after that are preconditions checked; a
-failed one raises :class:`~keycard.errors.Aborted` and the transaction rolls back, writing nothing.
-On PostgreSQL the commit also runs ``NOTIFY keycard_changes, '<revision>'``, delivered at COMMIT.
+Commits. Every transaction that commits first locks the single ``meta.head`` row (PostgreSQL:
+``SELECT … FOR UPDATE``; SQLite: ``BEGIN IMMEDIATE``, which takes the database write lock up front, so
+two writers can never deadlock upgrading a read lock), and sets it to its last revision at the end, so
+revisions are gap-free (a rolled-back transaction rolls back its revisions too) and writers are
+serialised (on PostgreSQL READ COMMITTED is then enough, because every later statement of the
+transaction sees everything committed before the lock was granted). Only after the lock are
+preconditions checked; a failed one raises :class:`~keycard.errors.Aborted` and writes nothing. On
+PostgreSQL the transaction also runs ``NOTIFY keycard_changes, '<revision>'``, delivered at COMMIT.
+
+Group commit. Within one process, commits that arrive while another is being written queue up, and
+the next one to take the write lock writes all of them in one transaction: in queue order, each with
+its own preconditions (a failed one is Aborted alone and uses no revision), its own revision, its own
+change-log rows and audit entries, exactly as if they had been committed one after the other. A
+transaction costs one fsync however many commits it carries, which is what lets concurrent writers
+go faster than one fsync each. The hot statements are plain DBAPI text, prepared once (no SQL
+expression building per call).
 
 SQLite durability. The database runs in WAL mode with ``synchronous=FULL``: the WAL is fsync'ed at
 every COMMIT, before the commit returns. With ``synchronous=NORMAL`` (the usual WAL pairing) a commit
 survives the process being killed (``kill -9``: the WAL is in the OS page cache) but the last
 transactions can be lost on power failure or an OS crash, because the WAL is only synced at
 checkpoints. keycard acknowledges writes that carry etags and audit records, so an acknowledged write
-must survive power loss: FULL costs one fsync per commit and buys exactly that. ``busy_timeout`` is
-10 s so writers queue behind each other instead of failing with "database is locked". Reads use a
-deferred ``BEGIN`` and, thanks to WAL, never block writers or wait for them.
+must survive power loss: FULL costs one fsync per transaction and buys exactly that; no commit returns
+before the transaction that carries it is synced. ``busy_timeout`` is 10 s so writers of other
+processes queue behind each other instead of failing with "database is locked". Reads never block
+writers or wait for them (WAL); single-statement reads run in autocommit, the others in a deferred
+``BEGIN``.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ class Runtime:
         self._group_emails: dict[str, str] = {}      # group record name → email, to undo hard deletes
         self.org_policies: dict[str, Mapping[str, Any]] = {}   # org policy name → its JSON (mirrored)
         self.identities = Registry()          # service accounts, keys, federation (mirrored)
+        self._project_ids: dict[str, str] = {}   # project full name (by number) → project id
         self._apply_lock = threading.Lock()
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
@@ -154,9 +155,11 @@ class Runtime:
                 pid = d.get("projectId")
                 if isinstance(pid, str) and r.name.startswith("//cloudresourcemanager.googleapis.com/projects/"):
                     e.set_project_id(r.name, pid)
+                    self._project_ids[r.name] = pid
             elif r.kind == "iam_policy":
                 ready = self.parsed.get((r.kind, r.name, r.revision))
                 e.set_iam_policy(r.name, ready if ready is not None else _strip_etag(d), unknown_roles="ignore")
+                self._convenience(r.name, d)
             elif r.kind == "role":
                 e.put_role({**_role_json(d), "deleted": bool(d.get("deleted")) or r.deleted})
             elif r.kind == "group":
@@ -184,6 +187,15 @@ class Runtime:
             # A record the engine cannot take (written by a newer version?) must not stop the feed.
             log.exception("cannot apply %s %s at revision %s", r.kind, r.name, r.revision)
 
+    def _convenience(self, name: str, policy: Mapping[str, Any]) -> None:
+        """Keep Cloud Storage's convenience values (projectOwner:P, …) equal to the project's basic-role
+        members (unconditional bindings of the project's own policy)."""
+        pid = self._project_ids.get(name)
+        if pid is None:
+            return
+        for role, prefix in _CONVENIENCE:
+            self.engine.set_convenience_members(f"{prefix}:{pid}", _basic_members(policy, role))
+
     def _apply_delete(self, kind: str, name: str) -> None:
         e = self.engine
         try:
@@ -191,6 +203,7 @@ class Runtime:
                 e.remove_resource(name)
             elif kind == "iam_policy":
                 e.set_iam_policy(name, {"bindings": []}, unknown_roles="ignore")
+                self._convenience(name, {})
             elif kind == "role":
                 if e.get_role(name) is not None:
                     e.delete_role(name)
@@ -212,6 +225,14 @@ class Runtime:
                         e.delete_deny_policy(attachment, name)
         except KeycardError:
             log.exception("cannot apply deletion of %s %s", kind, name)
+
+
+_CONVENIENCE = (("roles/owner", "projectOwner"), ("roles/editor", "projectEditor"), ("roles/viewer", "projectViewer"))
+
+
+def _basic_members(policy: Mapping[str, Any], role: str) -> list[str]:
+    return [str(m) for b in policy.get("bindings", []) or [] if isinstance(b, Mapping) and b.get("role") == role
+            and not b.get("condition") for m in b.get("members", []) or []]
 
 
 def _strip_etag(d: Mapping[str, Any]) -> dict[str, Any]:

@@ -157,6 +157,28 @@ CASES.update({
     f"{_SAO}.keys.enable": Case("POST", _ONE_SA + "/keys/{SAKEY}:enable", ("SAEMAIL", "SAKEY"), body={}),
 })
 
+# ------------------------------------------------------------------------------------- Cloud Storage
+_GCS = "/storage/v1/b"
+CASES.update({
+    "storage.buckets.list": Case("GET", _GCS, ("PROJECT",), query={"project": "{PROJECT}"}),
+    "storage.buckets.insert": Case("POST", _GCS, ("PROJECT",), query={"project": "{PROJECT}"},
+                                   body={"name": "mallory-bucket"}),
+    "storage.buckets.get": Case("GET", _GCS + "/{BUCKET}", ("BUCKET",)),
+    "storage.buckets.delete": Case("DELETE", _GCS + "/{BUCKET}", ("BUCKET",)),
+    "storage.buckets.getIamPolicy": Case("GET", _GCS + "/{BUCKET}/iam", ("BUCKET",)),
+    "storage.buckets.setIamPolicy": Case("PUT", _GCS + "/{BUCKET}/iam", ("BUCKET",), body={
+        "bindings": [{"role": "roles/storage.admin", "members": [f"user:{STRANGER}"]}]}),
+    "storage.buckets.testIamPermissions": Case("GET", _GCS + "/{BUCKET}/iam/testPermissions", ("BUCKET",),
+                                               query={"permissions": "storage.buckets.get"}, expect="same"),
+    "storage.objects.list": Case("GET", _GCS + "/{BUCKET}/o", ("BUCKET",)),
+    "storage.objects.get": Case("GET", _GCS + "/{BUCKET}/o/{OBJECT}", ("BUCKET", "OBJECT")),
+    "storage.objects.delete": Case("DELETE", _GCS + "/{BUCKET}/o/{OBJECT}", ("BUCKET", "OBJECT")),
+    "storage.objects.download": Case("GET", "/download/storage/v1/b/{BUCKET}/o/{OBJECT}", ("BUCKET", "OBJECT"),
+                                     query={"alt": "media"}),
+    "storage.objects.insert": Case("POST", "/upload/storage/v1/b/{BUCKET}/o", ("BUCKET",),
+                                   query={"uploadType": "media", "name": "{OBJECT}"}, body={}),
+})
+
 # ------------------------------------------------------------------------------------ IAM Credentials
 _IC = "/v1/projects/-/serviceAccounts/{SAEMAIL}"
 _ICO = "iamcredentials.projects.serviceAccounts"
@@ -301,6 +323,9 @@ def world(server: Server) -> dict[str, dict[str, str]]:
     membership = member_op["response"]["name"].rsplit("/", 1)[1]
     sa = ok(c.post("/v1/projects/bola-proj-1/serviceAccounts", json={"accountId": "bola-sa"}))
     sa_key = ok(c.post(f"/v1/{sa['name']}/keys", json={}))["name"].rsplit("/", 1)[1]
+    ok(c.post("/storage/v1/b", params={"project": "bola-proj-1"}, json={"name": "bola-bucket-1"}))
+    ok(c.post("/upload/storage/v1/b/bola-bucket-1/o", params={"uploadType": "media", "name": "bola-object.txt"},
+              content=b"x"))
     gone = ok(c.post("/v1/projects/bola-proj-1/serviceAccounts", json={"accountId": "bola-gone-sa"}))
     ok(c.delete(f"/v1/{gone['name']}"))
     for node in (f"organizations/{org}", f"folders/{folder}", "projects/bola-proj-1"):
@@ -311,14 +336,14 @@ def world(server: Server) -> dict[str, dict[str, str]]:
                 "GROUP": group, "GEMAIL": "bola-team@example.com", "MEMBERSHIP": membership,
                 "MEMAIL": "bola-member@example.com", "CUSTOMER": customer,
                 "CONSTRAINT": "iam.disableServiceAccountKeyCreation", "SAEMAIL": sa["email"], "SAKEY": sa_key,
-                "SAUID": gone["uniqueId"]}
+                "SAUID": gone["uniqueId"], "BUCKET": "bola-bucket-1", "OBJECT": "bola-object.txt"}
     missing = {"ORG": _other_digits(org), "FOLDER": _other_digits(folder), "PROJECT": "gone-proj-1",
                "PROLE": "goneRole", "OROLE": "goneOrgRole", "DENY": "gone-deny", "DENYOP": _other_id(deny_op),
                "CRMOP": _other_id(crm_op), "GROUP": _other_id(group), "GEMAIL": "gone-team@example.com",
                "MEMBERSHIP": _other_id(membership), "MEMAIL": "gone-member@example.com",
                "CUSTOMER": _other_id(customer), "CONSTRAINT": "iam.disableServiceAccountKeyUpload",
                "SAEMAIL": "gone-sa1@bola-proj-1.iam.gserviceaccount.com", "SAKEY": _other_id(sa_key),
-               "SAUID": _other_digits(gone["uniqueId"])}
+               "SAUID": _other_digits(gone["uniqueId"]), "BUCKET": "gone-bucket-1", "OBJECT": "gone-object.txt"}
     ok(c.post(f"/v1/organizations/{org}/keycardIdentityProviders", params={"identityProviderId": "bola-sso"},
               json={"oidc": {"issuerUri": "https://bola.idp.test", "clientIds": ["b"],
                              "jwksUri": "https://bola.idp.test/jwks"}}))

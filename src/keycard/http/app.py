@@ -32,6 +32,7 @@ __all__ = ["App", "RequestContext", "create_app"]
 
 log = logging.getLogger("keycard.http")
 MAX_BODY = 4 * 1024 * 1024
+MAX_UPLOAD = 256 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -104,7 +105,10 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
                 caller.claims = at.claims
             body: Any = None
             if request.method in ("POST", "PUT", "PATCH"):
-                body = _parse_body(await request.body(), request.headers.get("content-type", ""))
+                if route.raw_body:
+                    body = await _read_upload(request)
+                else:
+                    body = _parse_body(await request.body(), request.headers.get("content-type", ""))
             ctx = RequestContext(request, caller, dict(request.query_params), body, request.headers)
             if route.inline:
                 result = route.handler(app_state, ctx, **params)
@@ -168,6 +172,21 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
     ])
     app.state.keycard = app_state
     return app
+
+
+async def _read_upload(request: Request) -> bytes:
+    """A media body, refused as soon as it passes MAX_UPLOAD (never buffered beyond it)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD:
+        raise InvalidArgument(f"Upload of {declared} bytes is over the {MAX_UPLOAD} byte limit.", field="media")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > MAX_UPLOAD:
+            raise InvalidArgument(f"Upload is over the {MAX_UPLOAD} byte limit.", field="media")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _parse_body(raw: bytes, content_type: str) -> Any:

@@ -34,6 +34,9 @@ def register(router: Router) -> None:
     from keycard.http.routes import identity_providers
     identity_providers.register(router)
 
+    from keycard.http.routes import storage
+    storage.register(router)
+
     def jwks(app: Any, ctx: Any) -> Any:
         return app.keys().jwks()
 

@@ -44,7 +44,7 @@ from keycard.engine.explain import (
     Explanation,
     NodeExplanation,
 )
-from keycard.engine.hierarchy import Grant, Hierarchy, Node, permission_covered, permission_parts
+from keycard.engine.hierarchy import STALE, Grant, Hierarchy, Node, permission_covered, permission_parts
 from keycard.engine.members import ANONYMOUS, GroupGraph, Identity
 from keycard.engine.model import (
     AllowPolicy,
@@ -290,33 +290,75 @@ class Engine:
         ident = groups._cache.get(principal or ANONYMOUS) or groups.identity(principal)
         h = self._h
         node = h.nodes.get(resource)
-        if node is not None:
-            chain = node._chain if node._gen == h.gen else h.chain(node)
-        else:
+        if node is None:
             chain = self._resolve(resource)[1]
+            node = chain[0] if chain else None
+        if node is None:
+            hot: tuple[Node, ...] = ()
+            denies: tuple[Node, ...] = ()
+        elif node._gen == h.gen:
+            hot = node._hot
+            denies = node._denies
+        else:
+            h.chain(node)
+            hot = node._hot
+            denies = node._denies
         keys = ident.keys
         # Allow first, deny second: the deny rules only matter when something grants. A decision
         # that nothing grants is NOT_GRANTED either way; its deny reason is computed if asked for.
+        # Each probed index is one node's (first grant found wins: nearest node, then identity key
+        # order, then binding order) or a project's merged one (see _scan_merged).
         pending: list[tuple[Grant, str]] | None = None
         found: tuple[Grant, str, Identity, ConditionResult | None] | None = None
-        for n in chain:
-            allow = n.allow
-            if allow is None or allow.keys().isdisjoint(keys):
+        for n in hot:
+            idx = n.probe
+            if idx is None:
                 continue
-            for k in keys:
-                grants = allow.get(k)
-                if grants is None:
+            if idx is STALE:
+                idx = h.merged(n)
+                if idx is None:
                     continue
-                for g in grants:
-                    if permission in g.role.perms:
-                        if g.cond is None and g.role.scope is None:
-                            found = (g, k, ident, None)
-                            break
-                        if pending is None:
-                            pending = []
-                        pending.append((g, k))
-                if found is not None:
-                    break
+            if idx.keys().isdisjoint(keys):
+                continue
+            single = idx is n.allow                 # one node's index, or a project's merged one
+            if single:
+                for k in keys:
+                    grants = idx.get(k)
+                    if grants is None:
+                        continue
+                    for g in grants:
+                        if permission in g.role.perms:
+                            if g.cond is None and g.role.scope is None:
+                                found = (g, k, ident, None)
+                                break
+                            if pending is None:
+                                pending = []
+                            pending.append((g, k))
+                    if found is not None:
+                        break
+            else:
+                # A project's merged index (several nodes). Each key's grants are listed nearest node
+                # first, so its first unconditional grant is its best; across keys the nearest node
+                # wins, then the earlier key — what a node-by-node walk would find first.
+                near: Node | None = None
+                more: list[tuple[Grant, str]] | None = None
+                for k in keys:
+                    grants = idx.get(k)
+                    if grants is None:
+                        continue
+                    for g in grants:
+                        if permission in g.role.perms:
+                            if g.cond is None and g.role.scope is None:
+                                if near is None or (g.node is not near
+                                                    and len(h.chain(g.node)) > len(h.chain(near))):
+                                    found = (g, k, ident, None)
+                                    near = g.node
+                                break
+                            if more is None:
+                                more = []
+                            more.append((g, k))
+                if found is None and more is not None:
+                    pending = self._walk_order(more, keys, pending)
             if found is not None:
                 break
         conds: tuple[ConditionResult, ...] = ()
@@ -329,16 +371,25 @@ class Engine:
             if found is None:
                 return Decision(False, ident.principal, permission, resource, None, NOT_CHECKED, conds, self,
                                 time)
-        if h.deny_nodes:
-            for n in chain:
-                dn = n.deny
-                if dn is not None and dn.may_deny(keys, permission):
-                    reason, dconds = self._deny_on(n, ident, permission, resource, time)
-                    if reason is not None:
-                        return Decision(False, ident.principal, permission, resource, None, reason, conds + dconds,
-                                        self, time)
-                    conds += dconds
+        for n in denies:
+            dn = n.deny                             # DenyIndex.may_deny, inlined
+            if dn is None or dn.principals.isdisjoint(keys):
+                continue
+            if permission in dn.exact or (dn.wild_prefixes and permission_parts(permission)[0] in dn.wild_prefixes):
+                reason, dconds = self._deny_on(n, ident, permission, resource, time)
+                if reason is not None:
+                    return Decision(False, ident.principal, permission, resource, None, reason, conds + dconds,
+                                    self, time)
+                conds += dconds
         return Decision(True, ident.principal, permission, resource, found, None, conds, self, time)
+
+    def _walk_order(self, more: list[tuple[Grant, str]], keys: tuple[str, ...],
+                    pending: list[tuple[Grant, str]] | None) -> list[tuple[Grant, str]]:
+        """``pending`` extended with a merged index's grants in node-by-node walk order: nearest node,
+        then identity key, then binding."""
+        chain = self._h.chain
+        more.sort(key=lambda gk: (-len(chain(gk[0].node)), keys.index(gk[1]), gk[0].index))
+        return more if pending is None else pending + more
 
     def deny_reason(self, principal: str | None, permission: str, resource: str, *,
                     time: dt.datetime | None = None) -> tuple[DenyReason | None, tuple[ConditionResult, ...]]:
@@ -651,8 +702,8 @@ class Engine:
         node = self._lookup(names.parse_resource(resource).full)
         if node is None:
             return
-        if node.children:
-            raise InvalidArgument(f"Invalid resource {resource}: it still has {len(node.children)} child "
+        if node.nchildren:
+            raise InvalidArgument(f"Invalid resource {resource}: it still has {node.nchildren} child "
                                   "resource(s); remove or move them first.", field="resource")
         self._h.set_policy(node, None)
         self._h.set_deny(node, {})

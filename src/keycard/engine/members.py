@@ -12,6 +12,7 @@ harmless: the walk visits each group once.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -179,7 +180,8 @@ class GroupGraph:
         if authenticated:
             order.append("allAuthenticatedUsers")
         order.append(ANONYMOUS)
-        return Identity(p, tuple(order), via, authenticated)
+        # interned, as the policy indexes' keys are: a hit compares pointers, not characters
+        return Identity(p, tuple(map(sys.intern, order)), via, authenticated)
 
     def expand_members(self, group: str) -> list[tuple[str, list[str]]]:
         """Every non-group member of ``group`` transitively, with the group path that reaches it."""

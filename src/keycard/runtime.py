@@ -59,9 +59,9 @@ class Runtime:
         self._apply_lock = threading.Lock()
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
-        # (kind, name, revision) → the already-parsed form of a record this replica just wrote (set by
-        # Services.commit around its catch-up), so applying that revision need not parse it again
-        self.parsed: dict[tuple[str, str, int], Any] = {}
+        # (kind, name) → (data, its already-parsed form) of a record this replica is writing (set by
+        # Services.commit around its commit and catch-up): applying a record with that data need not parse it
+        self.parsed: dict[tuple[str, str], tuple[Mapping[str, Any], Any]] = {}
 
     # -------------------------------------------------------------------------------- loading
     def bootstrap(self) -> None:
@@ -157,8 +157,9 @@ class Runtime:
                     e.set_project_id(r.name, pid)
                     self._project_ids[r.name] = pid
             elif r.kind == "iam_policy":
-                ready = self.parsed.get((r.kind, r.name, r.revision))
-                e.set_iam_policy(r.name, ready if ready is not None else _strip_etag(d), unknown_roles="ignore")
+                ready = self.parsed.get((r.kind, r.name))
+                e.set_iam_policy(r.name, ready[1] if ready is not None and ready[0] == d else _strip_etag(d),
+                                 unknown_roles="ignore")
                 self._convenience(r.name, d)
             elif r.kind == "role":
                 e.put_role({**_role_json(d), "deleted": bool(d.get("deleted")) or r.deleted})

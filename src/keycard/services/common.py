@@ -97,22 +97,25 @@ class Services:
                ) -> int:
         """One transaction: the writes and their Admin Activity audit entry; then the engine catches up.
 
-        ``parsed``: (kind, name) → the engine's form of a put's data, exactly what parsing the stored
-        record would give; the catch-up applies it instead of parsing the record again."""
+        ``parsed``: (kind, name) → the engine's form of that put's data, exactly what parsing it would
+        give; applying the record (by whichever thread catches up first) uses it instead of parsing."""
         entry = self.audit_entry(caller, method=method, service=service, resource_name=resource_name,
                                  request=request, response=response, service_data=service_data,
                                  log="activity")
-        revision = self.runtime.store.commit(puts, deletes, expect=expect, audit=[entry])
+        runtime = self.runtime
+        mine: dict[tuple[str, str], tuple[Mapping[str, Any], Any]] = {}
         if parsed:
-            ready = {(kind, name, revision): value for (kind, name), value in parsed.items()}
-            self.runtime.parsed.update(ready)
-            try:
-                self.runtime.catch_up()
-            finally:
-                for key in ready:
-                    self.runtime.parsed.pop(key, None)
-        else:
-            self.runtime.catch_up()
+            data = {(p.kind, p.name): p.data for p in puts}
+            mine = {key: (data[key], value) for key, value in parsed.items() if key in data}
+            runtime.parsed.update(mine)
+        try:
+            revision = runtime.store.commit(puts, deletes, expect=expect, audit=[entry])
+            if runtime.applied < revision:   # a concurrent writer's catch-up may have applied it already
+                runtime.catch_up()
+        finally:
+            for key, value in mine.items():
+                if runtime.parsed.get(key) is value:
+                    runtime.parsed.pop(key, None)
         caller.revision = revision
         return revision
 

@@ -18,14 +18,16 @@ import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["BlobStore", "Written", "crc32c_b64"]
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _BLOB = re.compile(r"^[0-9]{16,20}$")
 
+_crc32c: Any
 try:  # the C implementation google-cloud-storage uses, when installed
-    import google_crc32c as _crc32c  # type: ignore[import-not-found, unused-ignore]
+    import google_crc32c as _crc32c  # type: ignore[import-not-found, unused-ignore, no-redef]
 except ImportError:  # pragma: no cover - depends on the environment
     _crc32c = None
 

@@ -37,6 +37,9 @@ def register(router: Router) -> None:
     from keycard.http.routes import storage
     storage.register(router)
 
+    from keycard.http.routes import ml
+    ml.register(router)
+
     def jwks(app: Any, ctx: Any) -> Any:
         return app.keys().jwks()
 

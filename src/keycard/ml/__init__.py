@@ -1,0 +1,1 @@
+"""The AI Platform Prediction workload: model serving and jobs."""

@@ -47,6 +47,7 @@ bench: install
 	$(VENV)/bin/python bench/run.py --scales small,medium,large --out docs/benchmarks.md
 	$(VENV)/bin/python bench/server.py --backends sqlite,postgresql --out docs/benchmarks.md
 	$(VENV)/bin/python bench/identity.py --out docs/benchmarks.md
+	$(VENV)/bin/python bench/ml.py --out docs/benchmarks.md
 
 bench-server: install
 	$(VENV)/bin/python bench/server.py --backends sqlite,postgresql --out docs/benchmarks.md

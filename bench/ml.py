@@ -1,0 +1,208 @@
+"""The ML workload benchmark: online prediction on a small scikit-learn model, and authorization's share.
+
+    .venv/bin/python bench/ml.py [--out docs/benchmarks.md] [--quick]
+
+1. A fresh SQLite installation and `keycard serve` on loopback (uvicorn, one worker); a project, a bucket,
+   a LogisticRegression (4 features) uploaded as model.joblib, a model and a deployed version.
+2. Online prediction: `POST /v1/projects/P/models/M:predict` with one instance, from several keep-alive
+   connections in a closed loop in this process (asyncio, raw HTTP/1.1), fixed count — predictions/s
+   and latency percentiles; every answer must be 200.
+3. Authorization's share: the checks a predict request makes (``Services.authorize`` of
+   ``ml.models.predict`` on the model, then the engine) timed call by call in-process over the same
+   database, against the request's p50 over HTTP at one connection.
+
+The Markdown section between the ml-bench markers of --out is replaced (or appended).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import http.client
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO))
+
+from bench.server import KEYCARD, Server, machine  # noqa: E402
+
+START, END = "<!-- ml-bench:start -->", "<!-- ml-bench:end -->"
+ADMIN = "admin@example.com"
+PROJECT, BUCKET, MODEL = "bench-ml", "bench-ml-models", "clf"
+RATE_TARGET, SHARE_TARGET = 500.0, 5.0
+
+
+def _call(port: int, method: str, path: str, token: str, body: Any = None, raw: bytes | None = None,
+          ctype: str = "application/json") -> Any:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        conn.request(method, path, body=data, headers={"Authorization": f"Bearer {token}", "Content-Type": ctype})
+        resp = conn.getresponse()
+        out = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{method} {path}: {resp.status} {out[:500]!r}")
+        return json.loads(out) if out else {}
+    finally:
+        conn.close()
+
+
+def setup(port: int, token: str, org: str) -> None:
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(200, 4))
+    y = (x[:, 0] + x[:, 1] > 0).astype(int)
+    buf = io.BytesIO()
+    joblib.dump(LogisticRegression().fit(x, y), buf)
+    _call(port, "POST", "/v3/projects", token, {"projectId": PROJECT, "parent": org})
+    _call(port, "POST", f"/storage/v1/b?project={PROJECT}", token, {"name": BUCKET})
+    _call(port, "POST", f"/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name=clf/model.joblib", token,
+          raw=buf.getvalue(), ctype="application/octet-stream")
+    _call(port, "POST", f"/v1/projects/{PROJECT}/models", token, {"name": MODEL})
+    op = _call(port, "POST", f"/v1/projects/{PROJECT}/models/{MODEL}/versions", token,
+               {"name": "v1", "deploymentUri": f"gs://{BUCKET}/clf/", "framework": "SCIKIT_LEARN"})
+    if "error" in op:
+        raise RuntimeError(f"deploy failed: {op['error']}")
+
+
+async def _conn(port: int, token: str, n: int, lat: list[float], errors: list[str]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = json.dumps({"instances": [[0.5, -0.2, 0.1, 1.0]]}).encode()
+    req = (f"POST /v1/projects/{PROJECT}/models/{MODEL}:predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+           f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            writer.write(req)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            payload = await asyncio.wait_for(reader.readexactly(length), 10)
+            lat.append(time.perf_counter() - t0)
+            if head[9:12] != b"200" or b"predictions" not in payload:
+                errors.append(head[9:12].decode() + " " + payload[:200].decode(errors="replace"))
+    finally:
+        writer.close()
+
+
+def load(port: int, token: str, total: int, connections: int) -> dict[str, Any]:
+    lat: list[float] = []
+    errors: list[str] = []
+
+    async def run() -> None:
+        await asyncio.gather(*(_conn(port, token, total // connections, lat, errors) for _ in range(connections)))
+
+    t0 = time.perf_counter()
+    asyncio.run(run())
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return {"requests": len(lat), "connections": connections, "rate": len(lat) / wall,
+            "p50_us": 1e6 * lat[len(lat) // 2], "p99_us": 1e6 * lat[int(len(lat) * 0.99)], "errors": len(errors),
+            "first_error": errors[0] if errors else ""}
+
+
+def authz_cost(database: str, n: int) -> dict[str, float]:
+    from keycard.server import open_services
+    from keycard.services.common import Caller
+    services, _keys, store = open_services(database)
+    try:
+        target = f"//ml.googleapis.com/projects/{PROJECT}/models/{MODEL}"
+        caller = Caller(f"user:{ADMIN}")
+        services.authorize(caller, "ml.models.predict", target, service="ml.googleapis.com")
+        samples = []
+        for _ in range(n):
+            c = Caller(f"user:{ADMIN}")
+            t0 = time.perf_counter_ns()
+            services.authorize(c, "ml.models.predict", target, service="ml.googleapis.com")
+            samples.append(time.perf_counter_ns() - t0)
+        samples.sort()
+        return {"p50_us": samples[n // 2] / 1000, "p99_us": samples[int(n * 0.99)] / 1000}
+    finally:
+        services.runtime.stop()
+        store.close()
+
+
+def render(r: dict[str, Any], cmd: str) -> str:
+    m, online, single, authz = r["machine"], r["online"], r["single"], r["authz"]
+    share = 100 * authz["p50_us"] / single["p50_us"]
+    ok_rate = online["rate"] >= RATE_TARGET and online["errors"] == 0
+    return "\n".join([
+        START, "## ML workload: online prediction", "",
+        "Generated by `bench/ml.py` (section between the `ml-bench` markers).", "",
+        f"- command: `{cmd}`",
+        f"- date: {r['date']}; machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']:.1f} GiB RAM; "
+        f"Python {m['python']}",
+        "- server: `keycard serve` (uvicorn, one worker) on embedded SQLite; model: scikit-learn "
+        "LogisticRegression, 4 features, one instance per request; load from this process over loopback.", "",
+        "| target | measured | result |", "|---|---|---|",
+        f"| ≥ {RATE_TARGET:.0f} predictions/s | {online['rate']:,.0f}/s over {online['requests']:,} requests on "
+        f"{online['connections']} connections (p50 {online['p50_us'] / 1000:.2f} ms, p99 "
+        f"{online['p99_us'] / 1000:.2f} ms, {online['errors']} errors) | {'PASS' if ok_rate else 'MISS'} |",
+        f"| authorization ≤ {SHARE_TARGET:.0f} % of a predict request | {authz['p50_us']:.1f} µs of "
+        f"{single['p50_us']:.0f} µs (p50, one connection) = {share:.1f} % | "
+        f"{'PASS' if share <= SHARE_TARGET else 'MISS'} |", "",
+        "Batch prediction throughput: see the jobs section when batch jobs are benchmarked.", END, ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="docs/benchmarks.md")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--connections", type=int, default=8)
+    args = ap.parse_args(argv)
+    total = 1600 if args.quick else 8000
+    work = Path(tempfile.mkdtemp(prefix="keycard-ml-bench-"))
+    database = f"sqlite:///{work / 'keycard.db'}"
+    init = subprocess.run([*KEYCARD, "init", "--organization-domain", "example.com", "--admin", f"user:{ADMIN}",
+                           "--database", database, "--format", "json"], capture_output=True, text=True, cwd=REPO,
+                          check=True)
+    org = json.loads(init.stdout)["organization"]
+    token = subprocess.run([*KEYCARD, "auth", "print-access-token", "--user", ADMIN, "--database", database],
+                           capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()
+    server = Server(database, work / "server.log")
+    try:
+        setup(server.port, token, org)
+        load(server.port, token, 200, args.connections)                       # warm-up
+        online = load(server.port, token, total, args.connections)
+        print(f"online: {online['rate']:.0f}/s p50 {online['p50_us']:.0f} µs errors {online['errors']}", flush=True)
+        single = load(server.port, token, total // 4, 1)
+    finally:
+        server.stop()
+    authz = authz_cost(database, 20000)
+    results = {"machine": machine(), "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+               "online": online, "single": single, "authz": authz}
+    section = render(results, ("bench/ml.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip())
+    print(section)
+    _write_section(Path(args.out), section)
+    return 0 if online["errors"] == 0 else 1
+
+
+def _write_section(out: Path, section: str) -> None:
+    text = out.read_text() if out.exists() else ""
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        text = text + ("" if text.endswith("\n") or not text else "\n") + "\n" + section
+    out.write_text(text if text.endswith("\n") else text + "\n")
+
+
+if __name__ == "__main__":
+    os.chdir(REPO)
+    raise SystemExit(main())

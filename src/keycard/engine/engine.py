@@ -307,7 +307,7 @@ class Engine:
         # Allow first, deny second: the deny rules only matter when something grants. A decision
         # that nothing grants is NOT_GRANTED either way; its deny reason is computed if asked for.
         # Each probed index is one node's (first grant found wins: nearest node, then identity key
-        # order, then binding order) or a project's merged one (see _scan_merged).
+        # order, then binding order) or a project's merged one (the else branch below).
         pending: list[tuple[Grant, str]] | None = None
         found: tuple[Grant, str, Identity, ConditionResult | None] | None = None
         for n in hot:

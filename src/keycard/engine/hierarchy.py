@@ -239,12 +239,6 @@ class Hierarchy:
         node._gen = gen
         return chain
 
-    def hot(self, node: Node) -> tuple[Node, ...]:
-        """The nodes whose ``probe`` a check on ``node`` reads, nearest first."""
-        if node._gen != self.gen:
-            self.chain(node)
-        return node._hot
-
     def merged(self, project: Node) -> Index | None:
         """Rebuild a project's stale ``probe``: its index merged with its folders' (see the module doc).
 

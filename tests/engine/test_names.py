@@ -122,6 +122,9 @@ def test_parse_resource_too_long() -> None:
         (GCS, GCS, "storage.googleapis.com", "projects/_/buckets/my-bucket", "storage.googleapis.com/Bucket", None),
         (f"{GCS}/objects/path/to/file.txt", f"{GCS}/objects/path/to/file.txt", "storage.googleapis.com",
          "projects/_/buckets/my-bucket/objects/path/to/file.txt", "storage.googleapis.com/Object", GCS),
+        # Cloud Storage object names may hold spaces and empty segments
+        (f"{GCS}/objects/a//b c", f"{GCS}/objects/a//b c", "storage.googleapis.com",
+         "projects/_/buckets/my-bucket/objects/a//b c", "storage.googleapis.com/Object", GCS),
         # Cloud Asset Inventory names buckets without projects/_/buckets/
         ("//storage.googleapis.com/my-bucket", GCS, "storage.googleapis.com", "projects/_/buckets/my-bucket",
          "storage.googleapis.com/Bucket", None),
@@ -183,7 +186,8 @@ def test_parent_chain_reaches_the_project() -> None:
         "//storage.googleapis.com/projects/_/buckets/AB",       # upper case, too short
         "//storage.googleapis.com/projects/_/buckets/-bucket",  # starts with a hyphen
         "//storage.googleapis.com/x",                          # CAI form with a bad bucket
-        f"{GCS}/objects/a//b",                                  # empty segment
+        f"{GCS}/objects/a\nb",                                  # object names hold no line breaks
+        f"{ML}/models/a//b",                                    # empty segment
         f"{ML}/models/1model",                                  # model ids start with a letter
         f"{ML}/models/m1/versions/9",
         f"{ML}/jobs/j.1",

@@ -157,6 +157,50 @@ CASES.update({
     f"{_SAO}.keys.enable": Case("POST", _ONE_SA + "/keys/{SAKEY}:enable", ("SAEMAIL", "SAKEY"), body={}),
 })
 
+# ------------------------------------------------------------------------- metadata-server attachments
+CASES.update({
+    f"{_SAO}.keycardAttachments.create": Case("POST", _ONE_SA + "/keycardAttachments", ("SAEMAIL",), body={}),
+    f"{_SAO}.keycardAttachments.list": Case("GET", _ONE_SA + "/keycardAttachments", ("SAEMAIL",)),
+    f"{_SAO}.keycardAttachments.delete": Case("DELETE", _ONE_SA + "/keycardAttachments/{ATTACHMENT}",
+                                              ("SAEMAIL", "ATTACHMENT")),
+})
+for _op in ("generateAccessToken", "generateIdToken", "check", "detach"):
+    SKIPPED[f"iam.keycardAttachments.{_op}"] = ("public: authenticated by the attachment's secret in the body, "
+                                                "not by IAM (tests/server/test_metadata_server.py)")
+
+# ------------------------------------------------------------------------------------------ ml v1
+_MLP = "/v1/projects/{PROJECT}"
+_MLM = _MLP + "/models/{MODEL}"
+_MLV = _MLM + "/versions/{VERSION}"
+CASES.update({
+    "ml.projects.getConfig": Case("GET", _MLP + ":getConfig", ("PROJECT",)),
+    "ml.projects.models.create": Case("POST", _MLP + "/models", ("PROJECT",), body={"name": "mallory_model"}),
+    "ml.projects.models.list": Case("GET", _MLP + "/models", ("PROJECT",)),
+    "ml.projects.models.get": Case("GET", _MLM, ("MODEL",)),
+    "ml.projects.models.patch": Case("PATCH", _MLM, ("MODEL",), query={"updateMask": "description"},
+                                     body={"description": "pwned"}),
+    "ml.projects.models.delete": Case("DELETE", _MLM, ("MODEL",)),
+    "ml.projects.models.getIamPolicy": Case("GET", _MLM + ":getIamPolicy", ("MODEL",)),
+    "ml.projects.models.setIamPolicy": Case("POST", _MLM + ":setIamPolicy", ("MODEL",), body={
+        "policy": {"bindings": [{"role": "roles/ml.modelOwner", "members": [f"user:{STRANGER}"]}]}}),
+    "ml.projects.models.testIamPermissions": Case("POST", _MLM + ":testIamPermissions", ("MODEL",),
+                                                  body={"permissions": ["ml.models.get"]}, expect="same"),
+    "ml.projects.models.versions.create": Case("POST", _MLM + "/versions", ("MODEL",), body={
+        "name": "mallory", "deploymentUri": "gs://bola-bucket-1/x/", "framework": "SCIKIT_LEARN"}),
+    "ml.projects.models.versions.list": Case("GET", _MLM + "/versions", ("MODEL",)),
+    "ml.projects.models.versions.get": Case("GET", _MLV, ("MODEL", "VERSION")),
+    "ml.projects.models.versions.patch": Case("PATCH", _MLV, ("MODEL", "VERSION"),
+                                              query={"updateMask": "description"}, body={"description": "pwned"}),
+    "ml.projects.models.versions.delete": Case("DELETE", _MLV, ("MODEL", "VERSION")),
+    "ml.projects.models.versions.setDefault": Case("POST", _MLV + ":setDefault", ("MODEL", "VERSION"), body={}),
+    "ml.projects.predict": Case("POST", _MLM + ":predict", ("MODEL",), body={"instances": [[1]]}),
+    "ml.projects.versions.predict": Case("POST", _MLV + ":predict", ("MODEL", "VERSION"),
+                                         body={"instances": [[1]]}),
+    "ml.projects.operations.list": Case("GET", _MLP + "/operations", ("PROJECT",)),
+    "ml.projects.operations.get": Case("GET", _MLP + "/operations/{MLOP}", ("MLOP",)),
+    "ml.projects.operations.cancel": Case("POST", _MLP + "/operations/{MLOP}:cancel", ("MLOP",), body={}),
+})
+
 # ------------------------------------------------------------------------------------- Cloud Storage
 _GCS = "/storage/v1/b"
 CASES.update({
@@ -326,6 +370,11 @@ def world(server: Server) -> dict[str, dict[str, str]]:
     ok(c.post("/storage/v1/b", params={"project": "bola-proj-1"}, json={"name": "bola-bucket-1"}))
     ok(c.post("/upload/storage/v1/b/bola-bucket-1/o", params={"uploadType": "media", "name": "bola-object.txt"},
               content=b"x"))
+    attachment = ok(c.post(f"/v1/{sa['name']}/keycardAttachments", json={}))["name"].rsplit("/", 1)[1]
+    ok(c.post("/v1/projects/bola-proj-1/models", json={"name": "bola_model"}))
+    ml_op = ok(c.post("/v1/projects/bola-proj-1/models/bola_model/versions", json={
+        "name": "v1", "deploymentUri": "gs://bola-bucket-1/nothing/", "framework": "SCIKIT_LEARN"}))
+    ml_op_id = ml_op["name"].rsplit("/", 1)[1]
     gone = ok(c.post("/v1/projects/bola-proj-1/serviceAccounts", json={"accountId": "bola-gone-sa"}))
     ok(c.delete(f"/v1/{gone['name']}"))
     for node in (f"organizations/{org}", f"folders/{folder}", "projects/bola-proj-1"):
@@ -336,14 +385,17 @@ def world(server: Server) -> dict[str, dict[str, str]]:
                 "GROUP": group, "GEMAIL": "bola-team@example.com", "MEMBERSHIP": membership,
                 "MEMAIL": "bola-member@example.com", "CUSTOMER": customer,
                 "CONSTRAINT": "iam.disableServiceAccountKeyCreation", "SAEMAIL": sa["email"], "SAKEY": sa_key,
-                "SAUID": gone["uniqueId"], "BUCKET": "bola-bucket-1", "OBJECT": "bola-object.txt"}
+                "SAUID": gone["uniqueId"], "BUCKET": "bola-bucket-1", "OBJECT": "bola-object.txt",
+                "MODEL": "bola_model", "VERSION": "v1", "MLOP": ml_op_id, "ATTACHMENT": attachment}
     missing = {"ORG": _other_digits(org), "FOLDER": _other_digits(folder), "PROJECT": "gone-proj-1",
                "PROLE": "goneRole", "OROLE": "goneOrgRole", "DENY": "gone-deny", "DENYOP": _other_id(deny_op),
                "CRMOP": _other_id(crm_op), "GROUP": _other_id(group), "GEMAIL": "gone-team@example.com",
                "MEMBERSHIP": _other_id(membership), "MEMAIL": "gone-member@example.com",
                "CUSTOMER": _other_id(customer), "CONSTRAINT": "iam.disableServiceAccountKeyUpload",
                "SAEMAIL": "gone-sa1@bola-proj-1.iam.gserviceaccount.com", "SAKEY": _other_id(sa_key),
-               "SAUID": _other_digits(gone["uniqueId"]), "BUCKET": "gone-bucket-1", "OBJECT": "gone-object.txt"}
+               "SAUID": _other_digits(gone["uniqueId"]), "BUCKET": "gone-bucket-1", "OBJECT": "gone-object.txt",
+               "MODEL": "gone_model", "VERSION": "v9", "MLOP": _other_id(ml_op_id),
+               "ATTACHMENT": _other_id(attachment)}
     ok(c.post(f"/v1/organizations/{org}/keycardIdentityProviders", params={"identityProviderId": "bola-sso"},
               json={"oidc": {"issuerUri": "https://bola.idp.test", "clientIds": ["b"],
                              "jwksUri": "https://bola.idp.test/jwks"}}))

@@ -458,3 +458,22 @@ def test_system_key_private_half_stays_out_of_apis_and_audit(server: Server, wor
         assert "keycard.iam.CreateSystemManagedKey" in audit
     finally:
         store.close()
+
+
+def test_federated_caller_needs_workload_identity_user(server: Server, world: dict[str, str]) -> None:
+    """A workload identity federation principal impersonates with roles/iam.workloadIdentityUser."""
+    number = httpx.get(f"{server.url}/v3/projects/{PROJECT}",
+                       headers={"Authorization": f"Bearer {server.token()}"}).json()["name"].split("/")[1]
+    subject = (f"principal://iam.googleapis.com/projects/{number}/locations/global/workloadIdentityPools/"
+               "ci-pool/subject/repo:acme/app")
+    sa = world["target-sa"]
+    fed = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.token(subject)}"})
+    with fed:
+        r = fed.post(f"{sa_path(sa)}:generateAccessToken", json={"scope": SCOPES, "delegates": None})
+        assert r.status_code == 403 and "iam.serviceAccounts.getAccessToken" in r.text, r.text
+        grant(server, sa_path(sa), subject, "roles/iam.workloadIdentityUser")
+        r = fed.post(f"{sa_path(sa)}:generateAccessToken", json={"scope": SCOPES, "delegates": None})
+        assert r.status_code == 200, r.text
+        assert claims(r.json()["accessToken"])["act"] == {"sub": subject}
+        r = fed.post(f"{sa_path(sa)}:signBlob", json={"payload": "aGk="})     # the role cannot sign
+        assert r.status_code == 403 and "iam.serviceAccounts.signBlob" in r.text, r.text

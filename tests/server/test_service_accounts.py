@@ -290,3 +290,18 @@ def test_garbage_is_400(server: Server, project: str, body: Any) -> None:
 def test_unauthenticated_is_401(server: Server, project: str) -> None:
     r = httpx.get(f"{server.url}/v1/projects/{PROJECT}/serviceAccounts")
     assert r.status_code == 401 and "WWW-Authenticate" in r.headers
+
+
+def test_system_managed_keys_cannot_be_deleted_or_disabled(server: Server, project: str) -> None:
+    sa = _create(server, "sysk-sa")
+    with server.client() as c:
+        grant = {"bindings": [{"role": "roles/iam.serviceAccountTokenCreator", "members": [f"user:{ALICE}"]}]}
+        assert c.post(f"/v1/{sa['name']}:setIamPolicy", json={"policy": grant}).status_code == 200
+        r = c.post(f"/v1/projects/-/serviceAccounts/{sa['email']}:signBlob",
+                   json={"payload": base64.b64encode(b"x").decode()})
+        assert r.status_code == 200, r.text
+        key = f"{sa['name']}/keys/{r.json()['keyId']}"
+        listed = c.get(f"/v1/{sa['name']}/keys", params={"keyTypes": "SYSTEM_MANAGED"}).json()["keys"]
+        assert [k["name"] for k in listed] == [key]
+        for r in (c.delete(f"/v1/{key}"), c.post(f"/v1/{key}:disable", json={})):
+            assert r.status_code == 400 and "SYSTEM_MANAGED" in r.text

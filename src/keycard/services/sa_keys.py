@@ -75,6 +75,12 @@ def _key_of(svc: Services, acct: ServiceAccount, key_id: str) -> AccountKey:
     return key
 
 
+def _user_managed(key: AccountKey, verb: str) -> None:
+    if key.key_type == "SYSTEM_MANAGED":
+        raise FailedPrecondition(f"Google-managed (SYSTEM_MANAGED) key {key.key_id} cannot be {verb}: keycard "
+                                 "rotates it itself.", reason="SYSTEM_MANAGED_KEY")
+
+
 def _user_keys(svc: Services, acct: ServiceAccount) -> list[AccountKey]:
     return [k for k in svc.runtime.identities.keys_of(acct.email)
             if k.unique_id == acct.unique_id and k.key_type == "USER_MANAGED"]
@@ -236,6 +242,7 @@ def set_key_disabled(svc: Services, caller: Caller, project: str, account: str, 
     verb = "disable" if disabled else "enable"
     acct = resolve(svc, caller, project, account, f"iam.serviceAccountKeys.{verb}")
     key = _key_of(svc, acct, key_id)
+    _user_managed(key, f"{verb}d")
     rec = svc.runtime.store.get("sa_key", key_id)
     assert rec is not None
     if key.disabled != disabled:
@@ -254,7 +261,7 @@ def set_key_disabled(svc: Services, caller: Caller, project: str, account: str, 
 
 def delete_key(svc: Services, caller: Caller, project: str, account: str, key_id: str) -> dict[str, Any]:
     acct = resolve(svc, caller, project, account, "iam.serviceAccountKeys.delete")
-    _key_of(svc, acct, key_id)
+    _user_managed(_key_of(svc, acct, key_id), "deleted")
     rec = svc.runtime.store.get("sa_key", key_id)
     assert rec is not None
     svc.commit(caller, deletes=[Delete("sa_key", key_id)], expect=[Expect("sa_key", key_id, rec.revision)],

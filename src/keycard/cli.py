@@ -204,6 +204,8 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
                   "are recorded in the audit log and the X-Keycard-Would-Deny header.", highlight=False)
     services.runtime.start_following()
     application = create_app(services, keys, base_url=f"http://{host}:{port}")
+    from keycard.ml.jobs import start_job_runner  # resumes (or ends) ml jobs a stopped server left running
+    start_job_runner(services, keys, base_url=f"http://{host}:{port}")
     err.print(f"keycard serving {services.organization.split('/', 3)[3]} on http://{host}:{port} "
               f"({url.split('://')[0]}, revision {services.runtime.applied})", highlight=False)
     db_opt = f" --database '{database}'" if database else ("" if data_dir == Path(".keycard") else

@@ -200,6 +200,24 @@ CASES.update({
     "ml.projects.operations.get": Case("GET", _MLP + "/operations/{MLOP}", ("MLOP",)),
     "ml.projects.operations.cancel": Case("POST", _MLP + "/operations/{MLOP}:cancel", ("MLOP",), body={}),
 })
+_MLJ = _MLP + "/jobs/{JOB}"
+_BOLA_JOB = {"dataFormat": "JSON", "inputPaths": ["gs://bola-bucket-1/in.json"], "outputPath": "gs://bola-bucket-1/o",
+             "uri": "gs://bola-bucket-1/m/", "framework": "SCIKIT_LEARN"}
+CASES.update({
+    "ml.projects.jobs.create": Case("POST", _MLP + "/jobs", ("PROJECT",),
+                                    body={"jobId": "mallory_job", "predictionInput": _BOLA_JOB}),
+    "ml.projects.jobs.list": Case("GET", _MLP + "/jobs", ("PROJECT",)),
+    "ml.projects.jobs.get": Case("GET", _MLJ, ("JOB", "PROJECT")),
+    "ml.projects.jobs.patch": Case("PATCH", _MLJ, ("JOB", "PROJECT"), query={"updateMask": "labels"},
+                                   body={"labels": {"pwned": "yes"}}),
+    "ml.projects.jobs.cancel": Case("POST", _MLJ + ":cancel", ("JOB", "PROJECT"), body={}),
+    "ml.projects.jobs.keycardLogs": Case("GET", _MLJ + ":keycardLogs", ("JOB", "PROJECT")),
+    "ml.projects.jobs.getIamPolicy": Case("GET", _MLJ + ":getIamPolicy", ("JOB",)),
+    "ml.projects.jobs.setIamPolicy": Case("POST", _MLJ + ":setIamPolicy", ("JOB",), body={
+        "policy": {"bindings": [{"role": "roles/ml.jobOwner", "members": [f"user:{STRANGER}"]}]}}),
+    "ml.projects.jobs.testIamPermissions": Case("POST", _MLJ + ":testIamPermissions", ("JOB",),
+                                                body={"permissions": ["ml.jobs.get"]}, expect="same"),
+})
 
 # ------------------------------------------------------------------------------------- Cloud Storage
 _GCS = "/storage/v1/b"
@@ -375,6 +393,7 @@ def world(server: Server) -> dict[str, dict[str, str]]:
     ml_op = ok(c.post("/v1/projects/bola-proj-1/models/bola_model/versions", json={
         "name": "v1", "deploymentUri": "gs://bola-bucket-1/nothing/", "framework": "SCIKIT_LEARN"}))
     ml_op_id = ml_op["name"].rsplit("/", 1)[1]
+    ok(c.post("/v1/projects/bola-proj-1/jobs", json={"jobId": "bola_job", "predictionInput": _BOLA_JOB}))
     gone = ok(c.post("/v1/projects/bola-proj-1/serviceAccounts", json={"accountId": "bola-gone-sa"}))
     ok(c.delete(f"/v1/{gone['name']}"))
     for node in (f"organizations/{org}", f"folders/{folder}", "projects/bola-proj-1"):
@@ -386,7 +405,8 @@ def world(server: Server) -> dict[str, dict[str, str]]:
                 "MEMAIL": "bola-member@example.com", "CUSTOMER": customer,
                 "CONSTRAINT": "iam.disableServiceAccountKeyCreation", "SAEMAIL": sa["email"], "SAKEY": sa_key,
                 "SAUID": gone["uniqueId"], "BUCKET": "bola-bucket-1", "OBJECT": "bola-object.txt",
-                "MODEL": "bola_model", "VERSION": "v1", "MLOP": ml_op_id, "ATTACHMENT": attachment}
+                "MODEL": "bola_model", "VERSION": "v1", "MLOP": ml_op_id, "ATTACHMENT": attachment,
+                "JOB": "bola_job"}
     missing = {"ORG": _other_digits(org), "FOLDER": _other_digits(folder), "PROJECT": "gone-proj-1",
                "PROLE": "goneRole", "OROLE": "goneOrgRole", "DENY": "gone-deny", "DENYOP": _other_id(deny_op),
                "CRMOP": _other_id(crm_op), "GROUP": _other_id(group), "GEMAIL": "gone-team@example.com",
@@ -395,7 +415,7 @@ def world(server: Server) -> dict[str, dict[str, str]]:
                "SAEMAIL": "gone-sa1@bola-proj-1.iam.gserviceaccount.com", "SAKEY": _other_id(sa_key),
                "SAUID": _other_digits(gone["uniqueId"]), "BUCKET": "gone-bucket-1", "OBJECT": "gone-object.txt",
                "MODEL": "gone_model", "VERSION": "v9", "MLOP": _other_id(ml_op_id),
-               "ATTACHMENT": _other_id(attachment)}
+               "ATTACHMENT": _other_id(attachment), "JOB": "gone_job"}
     ok(c.post(f"/v1/organizations/{org}/keycardIdentityProviders", params={"identityProviderId": "bola-sso"},
               json={"oidc": {"issuerUri": "https://bola.idp.test", "clientIds": ["b"],
                              "jwksUri": "https://bola.idp.test/jwks"}}))

@@ -8,12 +8,14 @@ from keycard.errors import InvalidArgument
 from keycard.http.app import RequestContext
 from keycard.http.routing import Route, Router
 from keycard.services import iam_policy
+from keycard.services import ml_jobs as jobs
 from keycard.services import ml_models as models
 from keycard.services import ml_versions as versions
 
 _P = "/v1/projects/{project}"
 _M = _P + "/models/{model}"
 _V = _M + "/versions/{version}"
+_J = _P + "/jobs/{job}"
 
 
 def _lockout(ctx: RequestContext) -> bool:
@@ -97,3 +99,20 @@ def register(router: Router) -> None:
         app.services, ctx.caller, project, op), "operations.get", "ml.operations.get")
     add("POST", _P + "/operations/{op}:cancel", lambda app, ctx, project, op: models.cancel_operation(
         app.services, ctx.caller, project, op), "operations.cancel", "ml.operations.cancel", body=True)
+    # ----------------------------------------------------------------------------------- jobs
+    add("POST", _P + "/jobs", lambda app, ctx, project: jobs.create_job(
+        app.services, ctx.caller, project, ctx.body, keys=app.keys,
+        base_url=app.base_url or str(ctx.request.base_url)), "jobs.create", "ml.jobs.create", body=True)
+    add("GET", _P + "/jobs", lambda app, ctx, project: jobs.list_jobs(app.services, ctx.caller, project, ctx.query),
+        "jobs.list", "ml.jobs.list", query=("filter", "pageSize", "pageToken"))
+    add("GET", _J, lambda app, ctx, project, job: jobs.get_job(app.services, ctx.caller, project, job),
+        "jobs.get", "ml.jobs.get")
+    add("PATCH", _J, lambda app, ctx, project, job: jobs.patch_job(
+        app.services, ctx.caller, project, job, ctx.body, ctx.query.get("updateMask")),
+        "jobs.patch", "ml.jobs.update", body=True, query=("updateMask",))
+    add("POST", _J + ":cancel", lambda app, ctx, project, job: jobs.cancel_job(app.services, ctx.caller, project, job),
+        "jobs.cancel", "ml.jobs.cancel", body=True)
+    add("GET", _J + ":keycardLogs", lambda app, ctx, project, job: jobs.job_logs(
+        app.services, ctx.caller, project, job), "jobs.keycardLogs", "ml.jobs.get",
+        summary="A training job's output lines as Cloud Logging LogEntries (keycard extension).")
+    iam_routes(router, "jobs", _P + "/jobs/{model}")

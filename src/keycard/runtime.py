@@ -56,6 +56,9 @@ class Runtime:
         self.org_policies: dict[str, Mapping[str, Any]] = {}   # org policy name → its JSON (mirrored)
         self.identities = Registry()          # service accounts, keys, federation (mirrored)
         self._project_ids: dict[str, str] = {}   # project full name (by number) → project id
+        self._basic: dict[str, dict[str, tuple[str, ...]]] = {}   # project id → convenience value → members
+        self._conv_policies: dict[str, Mapping[str, Any]] = {}    # policies naming convenience values
+        self._project_policies: dict[str, Mapping[str, Any]] = {}  # project-level policies (raw)
         self._apply_lock = threading.Lock()
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
@@ -156,10 +159,16 @@ class Runtime:
                 if isinstance(pid, str) and r.name.startswith("//cloudresourcemanager.googleapis.com/projects/"):
                     e.set_project_id(r.name, pid)
                     self._project_ids[r.name] = pid
+                    self._convenience(r.name, self._project_policies.get(r.name, {}))
             elif r.kind == "iam_policy":
-                ready = self.parsed.get((r.kind, r.name))
-                e.set_iam_policy(r.name, ready[1] if ready is not None and ready[0] == d else _strip_etag(d),
-                                 unknown_roles="ignore")
+                if _has_convenience(d):
+                    self._conv_policies[r.name] = d
+                    e.set_iam_policy(r.name, self._expanded(d), unknown_roles="ignore")
+                else:
+                    self._conv_policies.pop(r.name, None)
+                    ready = self.parsed.get((r.kind, r.name))
+                    e.set_iam_policy(r.name, ready[1] if ready is not None and ready[0] == d else _strip_etag(d),
+                                     unknown_roles="ignore")
                 self._convenience(r.name, d)
             elif r.kind == "role":
                 e.put_role({**_role_json(d), "deleted": bool(d.get("deleted")) or r.deleted})
@@ -189,13 +198,44 @@ class Runtime:
             log.exception("cannot apply %s %s at revision %s", r.kind, r.name, r.revision)
 
     def _convenience(self, name: str, policy: Mapping[str, Any]) -> None:
-        """Keep Cloud Storage's convenience values (projectOwner:P, …) equal to the project's basic-role
-        members (unconditional bindings of the project's own policy)."""
+        if name.startswith(_PROJECTS):
+            if policy:
+                self._project_policies[name] = policy
+            else:
+                self._project_policies.pop(name, None)
+        # Cloud Storage's convenience values (projectOwner:P, projectEditor:P, projectViewer:P) stand for
+        # the members of the project's own unconditional basic-role bindings. Policies that name them
+        # (bucket policies) reach the engine with the values expanded into those members — the caller's
+        # identity stays small — and are applied again whenever the project's basic-role members change.
         pid = self._project_ids.get(name)
         if pid is None:
             return
-        for role, prefix in _CONVENIENCE:
-            self.engine.set_convenience_members(f"{prefix}:{pid}", _basic_members(policy, role))
+        members = {prefix: tuple(_basic_members(policy, role)) for role, prefix in _CONVENIENCE}
+        if self._basic.get(pid) == members:
+            return
+        self._basic[pid] = members
+        for other, data in list(self._conv_policies.items()):
+            wanted = {f"{prefix}:{pid}" for prefix in ("projectOwner", "projectEditor", "projectViewer")}
+            if any(m in wanted for b in data.get("bindings", []) or [] if isinstance(b, Mapping)
+                   for m in b.get("members", []) or []):
+                self.engine.set_iam_policy(other, self._expanded(data), unknown_roles="ignore")
+
+    def _expanded(self, policy: Mapping[str, Any]) -> dict[str, Any]:
+        out = _strip_etag(policy)
+        bindings = []
+        for b in policy.get("bindings", []) or []:
+            if not isinstance(b, Mapping):
+                bindings.append(b)
+                continue
+            members: list[str] = []
+            for m in b.get("members", []) or []:
+                members.append(m)
+                prefix, _, pid = str(m).partition(":")
+                if prefix in ("projectOwner", "projectEditor", "projectViewer"):
+                    members.extend(self._basic.get(pid, {}).get(prefix, ()))
+            bindings.append({**b, "members": list(dict.fromkeys(members))})
+        out["bindings"] = bindings
+        return out
 
     def _apply_delete(self, kind: str, name: str) -> None:
         e = self.engine
@@ -204,6 +244,7 @@ class Runtime:
                 e.remove_resource(name)
             elif kind == "iam_policy":
                 e.set_iam_policy(name, {"bindings": []}, unknown_roles="ignore")
+                self._conv_policies.pop(name, None)
                 self._convenience(name, {})
             elif kind == "role":
                 if e.get_role(name) is not None:
@@ -229,6 +270,14 @@ class Runtime:
 
 
 _CONVENIENCE = (("roles/owner", "projectOwner"), ("roles/editor", "projectEditor"), ("roles/viewer", "projectViewer"))
+
+
+_PROJECTS = "//cloudresourcemanager.googleapis.com/projects/"
+
+
+def _has_convenience(policy: Mapping[str, Any]) -> bool:
+    return any(str(m).startswith(("projectOwner:", "projectEditor:", "projectViewer:"))
+               for b in policy.get("bindings", []) or [] if isinstance(b, Mapping) for m in b.get("members", []) or [])
 
 
 def _basic_members(policy: Mapping[str, Any], role: str) -> list[str]:

@@ -790,13 +790,6 @@ class Engine:
         self._virtual.clear()
         self.revision += 1
 
-    def set_convenience_members(self, key: str, members: Iterable[str]) -> None:
-        """Set who ``projectOwner:P`` / ``projectEditor:P`` / ``projectViewer:P`` stand for (Cloud
-        Storage's convenience values): the members of that basic role's bindings on project P."""
-        self._groups.set_convenience_members(key, members)
-        self._virtual.clear()
-        self.revision += 1
-
     def set_principal_sets(self, principal: str, sets: Iterable[str]) -> None:
         """Record the principal sets a federated principal belongs to by its credential (e.g.
         ``principalSet://iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/P/group/G``

@@ -79,25 +79,6 @@ class GroupGraph:
             self._parents.setdefault(m, set()).add(gkey)
         self._cache.clear()
 
-    def set_convenience_members(self, key: str, members: Iterable[str]) -> None:
-        """Members of a convenience value (``projectOwner:P``, ``projectEditor:P``, ``projectViewer:P``):
-        the principals and groups holding that basic role on the project, kept by whoever applies
-        the project's policy. Matched like a group: a member group's members match too."""
-        ckey = names.parse_member(key, "member")
-        if not ckey.startswith(("projectOwner:", "projectEditor:", "projectViewer:")):
-            raise InvalidArgument(f"Invalid convenience value {key!r}.", field="member")
-        new = tuple(dict.fromkeys(names.parse_member(m, "members") for m in members))
-        if new == self._members.get(ckey, ()):
-            return
-        for old in self._members.get(ckey, ()):
-            ps = self._parents.get(old)
-            if ps is not None:
-                ps.discard(ckey)
-        self._members[ckey] = new
-        for m in new:
-            self._parents.setdefault(m, set()).add(ckey)
-        self._cache.clear()
-
     def set_principal_sets(self, principal: str, sets: Iterable[str]) -> bool:
         """Record the principal sets ``principal`` belongs to beyond what its name says: a federated
         caller's ``principalSet://…/group/G`` and ``…/attribute.NAME/VALUE`` sets, which its credential

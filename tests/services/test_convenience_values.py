@@ -38,21 +38,21 @@ def test_convenience_values_follow_the_project_policy(tmp_path: Path) -> None:
     store.commit(puts)
     rt.catch_up()
     e = rt.engine
-    assert e.check("user:a@x.com", "storage.objects.delete", _obj(5)).allowed
+    assert e.check("user:a@x.com", "storage.objects.update", _obj(5)).allowed
     assert e.check("user:v@x.com", "storage.objects.get", _obj(5)).allowed           # through the group
-    assert not e.check("user:v@x.com", "storage.objects.delete", _obj(5)).allowed
+    assert not e.check("user:v@x.com", "storage.objects.update", _obj(5)).allowed
     assert not e.check("user:b@x.com", "storage.objects.get", _obj(5)).allowed
     assert len(e.identity_keys("user:a@x.com")) < 10
     store.commit([Put("iam_policy", "//cloudresourcemanager.googleapis.com/projects/1005",
                       {"bindings": [{"role": "roles/owner", "members": ["user:b@x.com"]}]})])
     rt.catch_up()
-    assert not e.check("user:a@x.com", "storage.objects.delete", _obj(5)).allowed
-    assert e.check("user:b@x.com", "storage.objects.delete", _obj(5)).allowed
-    assert e.check("user:a@x.com", "storage.objects.delete", _obj(6)).allowed
+    assert not e.check("user:a@x.com", "storage.objects.update", _obj(5)).allowed
+    assert e.check("user:b@x.com", "storage.objects.update", _obj(5)).allowed
+    assert e.check("user:a@x.com", "storage.objects.update", _obj(6)).allowed
     fresh = Runtime(store)
     fresh.bootstrap()
     for principal in ("user:a@x.com", "user:b@x.com", "user:v@x.com"):
         for i in (5, 6):
-            for perm in ("storage.objects.get", "storage.objects.delete"):
+            for perm in ("storage.objects.get", "storage.objects.update"):
                 assert fresh.engine.check(principal, perm, _obj(i)).allowed == e.check(principal, perm, _obj(i)).allowed
     store.close()

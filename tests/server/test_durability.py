@@ -103,9 +103,13 @@ def test_kill_9_during_writes_keeps_every_acknowledged_write(tmp_path: Path) -> 
                     acknowledged.append(r.json()["response"]["name"])
                 i += 1
 
+    srv.token()                         # minted before the clock starts (a CLI run: slow on a loaded machine)
     t = threading.Thread(target=writer)
     t.start()
-    time.sleep(3)
+    deadline = time.monotonic() + 60    # kill while writes stream in: after some were acknowledged
+    while len(acknowledged) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
     srv.process.send_signal(signal.SIGKILL)
     srv.process.wait()
     stop.set()

@@ -186,7 +186,10 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
           grpc_port: Annotated[int, typer.Option(help="Also serve google.iam.admin.v1.IAM over gRPC on this port "
                                                  "(for google-cloud-iam's IAMClient); 0: off")] = 0,
           grpc_insecure: Annotated[bool, typer.Option(help="gRPC on a plain port on --host instead of local "
-                                                      "credentials on 127.0.0.1")] = False) -> None:
+                                                      "credentials on 127.0.0.1")] = False,
+          enable_training: Annotated[bool, typer.Option(help="Run ml training jobs (their code runs as this "
+                                                        "server's OS user: only where that is acceptable)")]
+          = False) -> None:
     """Run the keycard server (Google's REST APIs at Google's paths)."""
     import uvicorn
 
@@ -202,6 +205,7 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
     if enforcement != "enforce":
         err.print(f"[yellow]WARNING:[/] enforcement is {enforcement}: every request is allowed; would-be denials "
                   "are recorded in the audit log and the X-Keycard-Would-Deny header.", highlight=False)
+    services.training_enabled = enable_training
     services.runtime.start_following()
     application = create_app(services, keys, base_url=f"http://{host}:{port}")
     from keycard.ml.jobs import start_job_runner  # resumes (or ends) ml jobs a stopped server left running

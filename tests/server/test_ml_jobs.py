@@ -42,7 +42,7 @@ def _start(database: str, log: Path) -> Server:
     old = os.environ.get("KEYCARD_ML_BATCH_DELAY")
     os.environ["KEYCARD_ML_BATCH_DELAY"] = DELAY
     try:
-        return start_server(database, log)
+        return start_server(database, log, extra_args=["--enable-training"])
     finally:
         if old is None:
             os.environ.pop("KEYCARD_ML_BATCH_DELAY")
@@ -551,9 +551,22 @@ def _serve(database: str, log: Path, organization: str) -> Server:
     old = os.environ.get("KEYCARD_ML_BATCH_DELAY")
     os.environ["KEYCARD_ML_BATCH_DELAY"] = DELAY
     try:
-        return serve(database, log, organization)
+        return serve(database, log, organization, extra_args=["--enable-training"])
     finally:
         if old is None:
             os.environ.pop("KEYCARD_ML_BATCH_DELAY")
         else:
             os.environ["KEYCARD_ML_BATCH_DELAY"] = old
+
+
+def test_training_is_off_unless_the_operator_turns_it_on(tmp_path: Path) -> None:
+    srv = start_server(f"sqlite:///{tmp_path / 'kc.db'}", tmp_path / "server.log")
+    try:
+        with srv.client() as c:
+            assert c.post("/v3/projects", json={"projectId": "no-train-1", "parent": srv.organization}
+                          ).status_code == 200
+            r = c.post("/v1/projects/no-train-1/jobs", json={"jobId": "t1", "trainingInput": {
+                "packageUris": ["gs://b-none/p.py"], "pythonModule": "p", "region": "us-central1"}})
+        assert r.status_code == 400 and "--enable-training" in r.text
+    finally:
+        stop_server(srv)

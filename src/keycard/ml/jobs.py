@@ -281,6 +281,10 @@ class JobRunner:
                 from keycard.ml.batch import run_batch
                 output = run_batch(self.svc, job.data, ctx)
                 self.finish(full, "SUCCEEDED", output=("predictionOutput", output))
+            elif not self.svc.training_enabled:
+                self.finish(full, "FAILED", error="Training jobs are off on this server (a replica without "
+                            "`keycard serve --enable-training` picked this job up); submit it again where they "
+                            "are on.")
             else:
                 from keycard.ml.training import run_training
                 output, error = run_training(self, job.data, full, ctx)

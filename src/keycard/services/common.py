@@ -59,6 +59,7 @@ class Services:
     enforcement: str = "enforce"               # or "dry-run"
     organization: str | None = None            # full name of the installation's organization
     blobs: BlobStore | None = None             # object data of the storage API (None: storage is off)
+    training_enabled: bool = False             # ml training jobs run code as the server's OS user: opt-in
 
     # ------------------------------------------------------------------------- authorization
     def authorize(self, caller: Caller, permission: str, resource: str, *, service: str,

@@ -186,6 +186,11 @@ def create_job(svc: Services, caller: Caller, ident: str, body: object, *, keys:
     if (pin is None) == (tin is None):
         raise InvalidArgument("Invalid job: set exactly one of predictionInput and trainingInput.",
                               field="job.predictionInput")
+    if tin is not None and not svc.training_enabled:
+        raise FailedPrecondition("Training jobs are off on this server: their code runs as the server's own OS "
+                                 "user, with its files. An operator turns them on with `keycard serve "
+                                 "--enable-training` (on a host where that is acceptable).",
+                                 reason="TRAINING_DISABLED", field="job.trainingInput")
     labels = _labels(body.get("labels"), "job.labels")
     key = "predictionInput" if pin is not None else "trainingInput"
     spec, identity = _prediction(svc, caller, proj, pin) if pin is not None else _training(svc, caller, proj, tin)

@@ -238,3 +238,10 @@ def test_operation_owner_and_listing(server: Server, world: dict[str, Any]) -> N
     with pytest.raises(HttpError) as e:
         frank.operations().cancel(name=alices).execute()
     assert status(e) == 403 and "ml.operations.cancel" in str(e.value)
+
+
+def test_oversized_prediction_request_is_400(server: Server, world: dict[str, Any]) -> None:
+    big = {"instances": [[0.123456789, 0.987654321]] * 70_000}          # ~2 MB of JSON: over Google's 1.5 MB
+    with server.client() as c:
+        r = c.post(f"/v1/projects/{PROJECT}/models/iris:predict", json=big)
+    assert r.status_code == 400 and "batch prediction" in r.text

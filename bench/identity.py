@@ -74,12 +74,14 @@ def setup(port: int, admin_token: str, org: str) -> dict[str, Any]:
 
 
 def assertions(key_file: dict[str, Any], n: int) -> list[bytes]:
+    from cryptography.hazmat.primitives import serialization
+    private = serialization.load_pem_private_key(key_file["private_key"].encode(), password=None)
     now = int(time.time())
     out = []
     for i in range(n):
         claims = {"iss": key_file["client_email"], "scope": "https://www.googleapis.com/auth/cloud-platform",
                   "aud": "https://oauth2.googleapis.com/token", "iat": now - (i % 60), "exp": now - (i % 60) + 3600}
-        signed = jwt.encode(claims, key_file["private_key"], algorithm="RS256",
+        signed = jwt.encode(claims, private, algorithm="RS256",  # type: ignore[arg-type]
                             headers={"kid": key_file["private_key_id"]})
         out.append(urlencode({"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
                               "assertion": signed}).encode())

@@ -11,6 +11,8 @@
    ``ml.models.predict`` on the model, then the engine) timed call by call in-process over the same
    database, against the request's p50 over HTTP at one connection.
 
+4. Batch prediction throughput: jobs over 100,000 newline-delimited instances at two batch sizes.
+
 The Markdown section between the ml-bench markers of --out is replaced (or appended).
 """
 
@@ -138,6 +140,41 @@ def authz_cost(database: str, n: int) -> dict[str, float]:
         store.close()
 
 
+def batch(port: int, token: str, n: int, batch_sizes: tuple[int, ...] = (64, 1000)) -> list[dict[str, Any]]:
+    """Batch prediction jobs over ``n`` newline-delimited instances: instances/s from the job's own
+    startTime→endTime, and from create to done as a client sees it."""
+    import numpy as np
+    rng = np.random.default_rng(11)
+    data = rng.normal(size=(n, 4)).round(4)
+    body = ("\n".join(json.dumps(row) for row in data.tolist()) + "\n").encode()
+    _call(port, "POST", f"/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name=in/x.json", token, raw=body,
+          ctype="application/json")
+    out = []
+    for size in batch_sizes:
+        job_id = f"bench_{size}"
+        t0 = time.perf_counter()
+        _call(port, "POST", f"/v1/projects/{PROJECT}/jobs", token, {"jobId": job_id, "predictionInput": {
+            "dataFormat": "JSON", "inputPaths": [f"gs://{BUCKET}/in/x.json"], "outputPath": f"gs://{BUCKET}/out/{job_id}",
+            "versionName": f"projects/{PROJECT}/models/{MODEL}/versions/v1", "region": "us-central1",
+            "batchSize": size}})
+        while True:
+            job = _call(port, "GET", f"/v1/projects/{PROJECT}/jobs/{job_id}", token)
+            if job["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                break
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        if job["state"] != "SUCCEEDED":
+            raise RuntimeError(f"batch job {job_id}: {job['state']} {job.get('errorMessage')}")
+
+        def ts(v: str) -> dt.datetime:
+            return dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+        run = (ts(job["endTime"]) - ts(job["startTime"])).total_seconds()
+        out.append({"batch_size": size, "instances": n, "run_s": run, "wall_s": wall,
+                    "rate": n / run if run > 0 else float("nan"), "wall_rate": n / wall,
+                    "predictions": int(job.get("predictionOutput", {}).get("predictionCount", 0))})
+    return out
+
+
 def render(r: dict[str, Any], cmd: str) -> str:
     m, online, single, authz = r["machine"], r["online"], r["single"], r["authz"]
     share = 100 * authz["p50_us"] / single["p50_us"]
@@ -157,7 +194,10 @@ def render(r: dict[str, Any], cmd: str) -> str:
         f"| authorization ≤ {SHARE_TARGET:.0f} % of a predict request | {authz['p50_us']:.1f} µs of "
         f"{single['p50_us']:.0f} µs (p50, one connection) = {share:.1f} % | "
         f"{'PASS' if share <= SHARE_TARGET else 'MISS'} |", "",
-        "Batch prediction throughput: see the jobs section when batch jobs are benchmarked.", END, ""])
+        "| batch prediction job | instances | run (startTime→endTime) | instances/s | create→done (client) |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| batchSize {b['batch_size']} | {b['instances']:,} | {b['run_s']:.2f} s | {b['rate']:,.0f} | "
+          f"{b['wall_s']:.2f} s ({b['wall_rate']:,.0f}/s) |" for b in r["batch"]], END, ""])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,11 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         online = load(server.port, token, total, args.connections)
         print(f"online: {online['rate']:.0f}/s p50 {online['p50_us']:.0f} µs errors {online['errors']}", flush=True)
         single = load(server.port, token, total // 4, 1)
+        batched = batch(server.port, token, 20_000 if args.quick else 100_000)
+        print(f"batch: {[round(b['rate']) for b in batched]} instances/s", flush=True)
     finally:
         server.stop()
     authz = authz_cost(database, 20000)
     results = {"machine": machine(), "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-               "online": online, "single": single, "authz": authz}
+               "online": online, "single": single, "authz": authz, "batch": batched}
     section = render(results, ("bench/ml.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip())
     print(section)
     _write_section(Path(args.out), section)

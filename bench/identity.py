@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 import jwt  # noqa: E402
 
-from bench.server import KEYCARD, Server, machine  # noqa: E402
+from bench.server import KEYCARD, Server, machine, write_section  # noqa: E402
 
 START, END = "<!-- identity-bench:start -->", "<!-- identity-bench:end -->"
 ADMIN = "admin@example.com"
@@ -209,16 +209,6 @@ def render(r: dict[str, Any], cmd: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(out: Path, section: str) -> None:
-    text = out.read_text() if out.exists() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text + ("" if text.endswith("\n") or not text else "\n") + "\n" + section
-    out.write_text(text if text.endswith("\n") else text + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="docs/benchmarks.md")
@@ -261,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "bench/identity.py " + " ".join(argv if argv is not None else sys.argv[1:])
     section = render(results, cmd.strip())
     print(section)
-    write_section(Path(args.out), section)
+    write_section(Path(args.out), section, START, END)
     (work / "results.json").write_text(json.dumps(results, indent=2))
     return 0 if issued["errors"] == 0 else 1
 

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
-from bench.server import KEYCARD, Server, machine  # noqa: E402
+from bench.server import KEYCARD, Server, machine, write_section  # noqa: E402
 
 START, END = "<!-- ml-bench:start -->", "<!-- ml-bench:end -->"
 ADMIN = "admin@example.com"
@@ -231,18 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                "online": online, "single": single, "authz": authz, "batch": batched}
     section = render(results, ("bench/ml.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip())
     print(section)
-    _write_section(Path(args.out), section)
+    write_section(Path(args.out), section, START, END)
     return 0 if online["errors"] == 0 else 1
-
-
-def _write_section(out: Path, section: str) -> None:
-    text = out.read_text() if out.exists() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text + ("" if text.endswith("\n") or not text else "\n") + "\n" + section
-    out.write_text(text if text.endswith("\n") else text + "\n")
 
 
 if __name__ == "__main__":

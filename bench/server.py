@@ -691,11 +691,13 @@ def render(results: dict[str, Any], cmd: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(out: Path, section: str) -> None:
+def write_section(out: Path, section: str, start: str = START, end: str = END) -> None:
+    """Replace the part of ``out`` between ``start`` and ``end`` with ``section`` (or append it);
+    the rest of the file is left alone. Every bench script writes its own section this way."""
     text = out.read_text() if out.exists() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
         text = head + section.rstrip("\n") + tail
         if not text.endswith("\n"):
             text += "\n"

@@ -44,6 +44,11 @@ class RequestContext:
     headers: Mapping[str, str]
     response_headers: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def allow_lockout(self) -> bool:
+        """``X-Keycard-Allow-Lockout: true``: the caller means a setIamPolicy that removes its own access."""
+        return self.headers.get("x-keycard-allow-lockout", "").lower() == "true"
+
 
 @dataclass(slots=True)
 class App:

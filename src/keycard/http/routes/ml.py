@@ -18,10 +18,6 @@ _V = _M + "/versions/{version}"
 _J = _P + "/jobs/{job}"
 
 
-def _lockout(ctx: RequestContext) -> bool:
-    return ctx.headers.get("x-keycard-allow-lockout", "").lower() == "true"
-
-
 def _predict_body(ctx: RequestContext) -> Any:
     length = ctx.headers.get("content-length", "")
     if length.isdigit() and int(length) > versions.MAX_PREDICT_BYTES:
@@ -41,7 +37,7 @@ def iam_routes(router: Router, kind: str, base: str) -> None:
         iam_policy.requested_version(ctx.query.get("options.requestedPolicyVersion"))),
         f"{kind}.getIamPolicy", f"ml.{kind}.getIamPolicy", query=("options.requestedPolicyVersion",))
     add("POST", base + ":setIamPolicy", lambda app, ctx, project, model: models.set_policy(
-        app.services, ctx.caller, project, kind, model, ctx.body, _lockout(ctx)),
+        app.services, ctx.caller, project, kind, model, ctx.body, ctx.allow_lockout),
         f"{kind}.setIamPolicy", f"ml.{kind}.setIamPolicy", body=True)
     add("POST", base + ":testIamPermissions", lambda app, ctx, project, model: models.test_permissions(
         app.services, ctx.caller, project, kind, model, ctx.body), f"{kind}.testIamPermissions", body=True)

@@ -21,10 +21,6 @@ def _body_version(ctx: RequestContext) -> int:
     return iam.requested_version(options.get("requestedPolicyVersion"))
 
 
-def _lockout(ctx: RequestContext) -> bool:
-    return ctx.headers.get("x-keycard-allow-lockout", "").lower() == "true"
-
-
 def register(router: Router) -> None:
     def add(method: str, template: str, handler: Any, op: str, permission: str = "", **kw: Any) -> None:
         router.add(Route(method, template, handler, op, permission, **kw))
@@ -57,7 +53,7 @@ def register(router: Router) -> None:
             lambda app, ctx, ident, kind=kind, resolve=resolve, shown=shown: iam.set_iam_policy(
                 app.services, ctx.caller, resolve(app, ident), ctx.body,
                 permission=f"resourcemanager.{kind}.setIamPolicy", service=SVC,
-                method="SetIamPolicy", allow_lockout=_lockout(ctx), shown=shown(ident)),
+                method="SetIamPolicy", allow_lockout=ctx.allow_lockout, shown=shown(ident)),
             f"cloudresourcemanager.{kind}.setIamPolicy", f"resourcemanager.{kind}.setIamPolicy", body=True)
         add("POST", f"/v3/{kind}/{{ident}}:testIamPermissions",
             lambda app, ctx, ident, resolve=resolve: iam.test_iam_permissions(

@@ -56,7 +56,7 @@ def register(router: Router) -> None:
         "getIamPolicy", "iam.serviceAccounts.getIamPolicy", body=True, query=("options.requestedPolicyVersion",))
     add("POST", _ONE + ":setIamPolicy", lambda app, ctx, project, account: sa.set_iam_policy(
         app.services, ctx.caller, project, account, ctx.body,
-        ctx.headers.get("x-keycard-allow-lockout", "").lower() == "true"),
+        ctx.allow_lockout),
         "setIamPolicy", "iam.serviceAccounts.setIamPolicy", body=True)
     add("POST", _ONE + ":testIamPermissions", lambda app, ctx, project, account: sa.test_iam_permissions(
         app.services, ctx.caller, project, account, ctx.body), "testIamPermissions", body=True)

@@ -141,7 +141,7 @@ def register(router: Router) -> None:
                                                                        "optionsRequestedPolicyVersion")),
         "buckets.getIamPolicy", "storage.buckets.getIamPolicy", query=("optionsRequestedPolicyVersion",))
     add("PUT", _B + "/{bucket}/iam", lambda app, ctx, bucket: st.set_bucket_iam_policy(
-        app.services, ctx.caller, bucket, ctx.body, ctx.headers.get("x-keycard-allow-lockout", "").lower() == "true"),
+        app.services, ctx.caller, bucket, ctx.body, ctx.allow_lockout),
         "buckets.setIamPolicy", "storage.buckets.setIamPolicy", body=True)
     add("GET", _B + "/{bucket}/iam/testPermissions", lambda app, ctx, bucket: st.test_bucket_iam_permissions(
         app.services, ctx.caller, bucket, ctx.request.query_params.getlist("permissions")),

@@ -1,4 +1,4 @@
-"""The ``keycard`` command line (engine commands; server verbs arrive with the server)."""
+"""The ``keycard`` command line: local commands here, command groups in keycard/cli/<group>.py."""
 
 from __future__ import annotations
 
@@ -7,33 +7,28 @@ import json
 import os
 import sys
 from collections import deque
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
-from rich.console import Console
 from rich.table import Table
 
+from keycard.cli.output import (
+    EXIT_BAD_INPUT,
+    EXIT_DENIED,
+    EXIT_OK,
+    Format,
+    FormatOpt,
+    _emit,
+    console,
+    err,
+)
 from keycard.engine.engine import Engine
 from keycard.errors import KeycardError
 
 app = typer.Typer(help="keycard: Google Cloud IAM, runnable anywhere.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
-EXIT_OK, EXIT_DENIED, EXIT_BAD_INPUT = 0, 1, 2
-
-
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-    yaml = "yaml"
-
-
-FormatOpt = Annotated[Format, typer.Option("--format", help="Output format: table (for people), json or yaml.")]
 AssetsOpt = Annotated[Path | None, typer.Option("--assets", help="Cloud Asset Inventory export (NDJSON). "
                                                 "Without it: the built-in demo organization.")]
 GroupsOpt = Annotated[Path | None, typer.Option("--groups", help="JSON object {group email: [members]}.")]
@@ -42,13 +37,6 @@ RolesOpt = Annotated[Path | None, typer.Option("--roles", help="JSON list of cus
 CatalogOpt = Annotated[Path | None, typer.Option("--catalog", help="Extra predefined roles (gcloud role JSON "
                                                  "array), e.g. Google's full catalog.")]
 TimeOpt = Annotated[str | None, typer.Option("--time", help="request.time for IAM Conditions (RFC 3339).")]
-
-
-def _emit(data: Any, fmt: Format) -> None:
-    if fmt is Format.json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    else:
-        sys.stdout.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def _read_json(path: Path | None) -> Any:
@@ -450,6 +438,13 @@ def idp_remove(provider_id: Annotated[str, typer.Argument(help="Provider id")], 
     _idp_call(database, data_dir, organization,
               lambda svc, caller, org: idp.delete_provider(svc, caller, org, provider_id, local=True))
     console.print(f"Removed identity provider {provider_id}.", highlight=False)
+
+
+def _register_groups() -> None:
+    """Command groups that live in their own modules under keycard/cli/ (one line each)."""
+
+
+_register_groups()
 
 
 def main() -> None:

@@ -1,0 +1,3 @@
+from keycard.cli import main
+
+main()

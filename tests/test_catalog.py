@@ -86,6 +86,9 @@ REQUIRED_ROLES: tuple[str, ...] = (
     # Org policy
     "roles/orgpolicy.policyAdmin",
     "roles/orgpolicy.policyViewer",
+    # Cloud Asset Inventory
+    "roles/cloudasset.viewer",
+    "roles/cloudasset.owner",
 )
 
 BASIC_ROLES = ("roles/owner", "roles/editor", "roles/viewer", "roles/browser")
@@ -98,6 +101,7 @@ YAML_FILES = (
     "logging.yaml",
     "iap.yaml",
     "orgpolicy.yaml",
+    "cloudasset.yaml",
     "keycard.yaml",
 )
 # keycard's own roles (roles/keycard.*): not Google's, so exempt from the SERVICES and roles.json checks

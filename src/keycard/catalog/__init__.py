@@ -27,6 +27,7 @@ SERVICES: tuple[str, ...] = (
     "logging",
     "iap",
     "orgpolicy",
+    "cloudasset",
 )
 
 ROLE_FILES: tuple[str, ...] = (
@@ -38,6 +39,7 @@ ROLE_FILES: tuple[str, ...] = (
     "logging.yaml",
     "iap.yaml",
     "orgpolicy.yaml",
+    "cloudasset.yaml",
     "keycard.yaml",     # keycard's own roles (roles/keycard.*): Cloud Identity groups administration
 )
 

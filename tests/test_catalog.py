@@ -89,6 +89,11 @@ REQUIRED_ROLES: tuple[str, ...] = (
     # Cloud Asset Inventory
     "roles/cloudasset.viewer",
     "roles/cloudasset.owner",
+    # Recommender (IAM recommendations) and Policy Simulator
+    "roles/recommender.iamViewer",
+    "roles/recommender.iamAdmin",
+    "roles/policysimulator.admin",
+    "roles/policysimulator.viewer",
 )
 
 BASIC_ROLES = ("roles/owner", "roles/editor", "roles/viewer", "roles/browser")
@@ -102,6 +107,8 @@ YAML_FILES = (
     "iap.yaml",
     "orgpolicy.yaml",
     "cloudasset.yaml",
+    "recommender.yaml",
+    "policysimulator.yaml",
     "keycard.yaml",
 )
 # keycard's own roles (roles/keycard.*): not Google's, so exempt from the SERVICES and roles.json checks

@@ -28,6 +28,8 @@ SERVICES: tuple[str, ...] = (
     "iap",
     "orgpolicy",
     "cloudasset",
+    "recommender",
+    "policysimulator",
 )
 
 ROLE_FILES: tuple[str, ...] = (
@@ -40,6 +42,8 @@ ROLE_FILES: tuple[str, ...] = (
     "iap.yaml",
     "orgpolicy.yaml",
     "cloudasset.yaml",
+    "recommender.yaml",
+    "policysimulator.yaml",
     "keycard.yaml",     # keycard's own roles (roles/keycard.*): Cloud Identity groups administration
 )
 

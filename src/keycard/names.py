@@ -82,6 +82,17 @@ _KNOWN: tuple[tuple[str, re.Pattern[str], str, str | None], ...] = (
     ("iam.googleapis.com",
      re.compile(rf"^projects/({_PROJECT})/locations/global/workloadIdentityPools/([^/]+)$"),
      "iam.googleapis.com/WorkloadIdentityPool", f"//{CRM}/projects/{{0}}"),
+    # Identity-Aware Proxy web resources (keycard proxy): project → iap_web → type → service → version
+    ("iap.googleapis.com", re.compile(rf"^projects/({_PROJECT_ID}|{_NUMBER})/iap_web$"),
+     "iap.googleapis.com/Web", f"//{CRM}/projects/{{0}}"),
+    ("iap.googleapis.com", re.compile(rf"^projects/({_PROJECT_ID}|{_NUMBER})/iap_web/([a-z][a-z0-9-]{{0,62}})$"),
+     "iap.googleapis.com/WebType", "//iap.googleapis.com/projects/{0}/iap_web"),
+    ("iap.googleapis.com", re.compile(rf"^projects/({_PROJECT_ID}|{_NUMBER})/iap_web/([a-z][a-z0-9-]{{0,62}})"
+                                      r"/services/([a-z0-9][a-z0-9_-]{0,62})$"),
+     "iap.googleapis.com/WebService", "//iap.googleapis.com/projects/{0}/iap_web/{1}"),
+    ("iap.googleapis.com", re.compile(rf"^projects/({_PROJECT_ID}|{_NUMBER})/iap_web/([a-z][a-z0-9-]{{0,62}})"
+                                      r"/services/([a-z0-9][a-z0-9_-]{0,62})/versions/([a-z0-9][a-z0-9_-]{0,62})$"),
+     "iap.googleapis.com/WebServiceVersion", "//iap.googleapis.com/projects/{0}/iap_web/{1}/services/{2}"),
 )
 
 

@@ -442,6 +442,8 @@ def idp_remove(provider_id: Annotated[str, typer.Argument(help="Provider id")], 
 
 def _register_groups() -> None:
     """Command groups that live in their own modules under keycard/cli/ (one line each)."""
+    from keycard.cli import config
+    app.add_typer(config.app, name="config")
 
 
 _register_groups()

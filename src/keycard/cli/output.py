@@ -14,7 +14,10 @@ from rich.console import Console
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-EXIT_OK, EXIT_DENIED, EXIT_BAD_INPUT = 0, 1, 2
+# Stable exit codes of every keycard command (docs/cli.md): 0 ok; 1 denied (403/401, or a decision that denies);
+# 2 bad input (400, unreadable file, bad option); 3 not found (404); 4 conflict (409: exists, stale etag);
+# 5 server unreachable or failing (5xx, 429, network).
+EXIT_OK, EXIT_DENIED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
 
 
 class Format(str, Enum):

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from keycard.errors import Aborted, InvalidArgument
-from keycard.store.base import Delete, Expect, Put, Record, Store
+from keycard.store.base import AccessRecord, Delete, Expect, Put, Record, Store
 from keycard.store.sql import ABORTED_MESSAGE, SqlStore, open_store
 
 RES = "resource"
@@ -463,3 +463,67 @@ def test_unstorable_text_is_rejected_on_every_backend(store: SqlStore) -> None:
     with pytest.raises(InvalidArgument):
         store.list(RES, page_token="AA==")  # base64 of a NUL byte
     assert store.head() == 0
+
+
+# ------------------------------------------------------------------------------------------ access record
+
+def access(minute: int, principal: str = "user:a@example.com", permission: str = "ml.models.get",
+           resource: str = "//ml.googleapis.com/projects/p/models/m", granted: bool = True,
+           hits: int = 1) -> AccessRecord:
+    return AccessRecord(minute, principal, permission, resource, granted, hits)
+
+
+def test_access_record_merges_hits_by_key(store: SqlStore) -> None:
+    assert list(store.accesses()) == []
+    store.record_access([access(10), access(10, hits=2), access(10, granted=False), access(11, principal="user:ü")])
+    store.record_access([access(10, hits=4), access(9, permission="ml.models.predict")])
+    got = list(store.accesses())
+    assert got == [access(9, permission="ml.models.predict"), access(10, granted=False), access(10, hits=7),
+                   access(11, principal="user:ü")]
+    assert store.head() == 0 and store.audit() == []          # no revision, no audit entry
+    assert snapshot(store)[:3] == (0, [], [])
+
+
+def test_access_record_range_and_batches(store: SqlStore) -> None:
+    rows = [access(m, principal=f"user:u{i}@example.com") for m in range(100, 110) for i in range(7)]
+    store.record_access(rows)
+    assert len(list(store.accesses(batch=3))) == 70               # keyset pagination across batches
+    window = list(store.accesses(since_minute=103, until_minute=105, batch=4))
+    assert len(window) == 14 and {r.minute for r in window} == {103, 104}
+    assert list(store.accesses(batch=5)) == sorted(rows, key=lambda r: (r.minute, r.principal, r.permission,
+                                                                        r.resource, r.granted))
+
+
+def test_access_record_prune(store: SqlStore) -> None:
+    store.record_access([access(m) for m in range(50, 60)])
+    assert store.prune_access(55) == 5
+    assert [r.minute for r in store.accesses()] == list(range(55, 60))
+    assert store.prune_access(55) == 0
+
+
+def test_access_record_concurrent_writers_add_up(store: SqlStore) -> None:
+    other = open_store(store.url)
+    try:
+        errors: list[BaseException] = []
+
+        def run(s: SqlStore, n: int) -> None:
+            try:
+                for _ in range(n):
+                    s.record_access([access(1, permission=f"p.r.v{i}") for i in range(5)][::-1])
+            except BaseException as exc:
+                errors.append(exc)
+        threads = [threading.Thread(target=run, args=(s, 20)) for s in (store, other, store)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        assert [r.hits for r in store.accesses()] == [60] * 5
+    finally:
+        other.close()
+
+
+def test_access_record_rejects_unstorable_text(store: SqlStore) -> None:
+    with pytest.raises(InvalidArgument):
+        store.record_access([access(1), access(1, principal="nul\x00")])
+    assert list(store.accesses()) == []

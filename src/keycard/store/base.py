@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["AuditEntry", "Change", "Delete", "Expect", "Page", "Put", "Record", "Store"]
+__all__ = ["AccessRecord", "AuditEntry", "Change", "Delete", "Expect", "Page", "Put", "Record", "Store"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +72,19 @@ class AuditEntry:
     entry: Mapping[str, Any]       # a Cloud Audit Logs LogEntry
     prev_hash: str
     hash: str                      # sha256 hex of prev_hash + canonical JSON of entry
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRecord:
+    """One row of the access record: ``hits`` authorization checks of one (principal, permission,
+    resource, decision) within one UTC minute (see keycard.store.access_log)."""
+
+    minute: int                    # minutes since the Unix epoch (UTC)
+    principal: str                 # member key (user:…, serviceAccount:…, principal://…; allUsers: anonymous)
+    permission: str
+    resource: str                  # full resource name the permission was checked on
+    granted: bool
+    hits: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,4 +148,16 @@ class Store(Protocol):
 
     def verify_audit(self) -> tuple[bool, int | None, str]:
         """Recompute the hash chain: (ok, first broken seq or None, message)."""
+
+    # ------------------------------------------------------------------------ access record
+    def record_access(self, rows: Sequence[AccessRecord]) -> None:
+        """Add each row's hits to the row of the same (minute, principal, permission, resource, granted),
+        creating it if absent; one transaction, outside any commit (no revision, no audit entry)."""
+
+    def accesses(self, *, since_minute: int = 0, until_minute: int | None = None,
+                 batch: int = 10_000) -> Iterator[AccessRecord]:
+        """Access rows with ``since_minute <= minute < until_minute``, by key, read in batches."""
+
+    def prune_access(self, before_minute: int) -> int:
+        """Delete access rows older than ``before_minute`` (the retention window); return how many."""
 

@@ -6,9 +6,11 @@
     meta     key PK · value — "head" (the store revision) and "audit_seq" (last audit seq); every commit
              updates the "head" row first, which serialises writers
     audit    seq PK · revision · time · entry (canonical JSON text) · prev_hash · hash
+    access   (minute, principal, permission, resource, granted) PK · hits — the access record: authorization
+             checks aggregated per UTC minute (minute = minutes since the Unix epoch), see store/access_log.py
 
 Names and kinds use the "C" collation on PostgreSQL so that ordering (and therefore paging) is by code
-point on both backends, like SQLite's BINARY collation. The migration in ``migrations/versions`` creates
+point on both backends, like SQLite's BINARY collation. The migrations in ``migrations/versions`` create
 exactly these tables; change both together (with a new migration).
 """
 
@@ -28,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import TypeEngine
 
-__all__ = ["AUDIT_SEQ", "HEAD", "audit", "changes", "meta", "metadata", "records"]
+__all__ = ["AUDIT_SEQ", "HEAD", "access", "audit", "changes", "meta", "metadata", "records"]
 
 HEAD = "head"
 AUDIT_SEQ = "audit_seq"
@@ -85,4 +87,16 @@ audit = Table(
     Column("entry", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+access = Table(
+    "access",
+    metadata,
+    Column("minute", BigInteger, nullable=False),
+    Column("principal", key_type(), nullable=False),
+    Column("permission", key_type(), nullable=False),
+    Column("resource", key_type(), nullable=False),
+    Column("granted", Boolean, nullable=False),
+    Column("hits", BigInteger, nullable=False),
+    PrimaryKeyConstraint("minute", "principal", "permission", "resource", "granted", name="pk_access"),
 )

@@ -51,8 +51,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, select, text, t
 from sqlalchemy.engine import make_url
 
 from keycard.errors import Aborted, InvalidArgument
-from keycard.store import audit_log
-from keycard.store.base import AuditEntry, Change, Delete, Expect, Page, Put, Record
+from keycard.store import access_log, audit_log
+from keycard.store.base import AccessRecord, AuditEntry, Change, Delete, Expect, Page, Put, Record
 from keycard.store.codec import (
     GENESIS_HASH,
     chain_hash,
@@ -570,6 +570,26 @@ class SqlStore:
 
     def verify_audit(self) -> tuple[bool, int | None, str]:
         return audit_log.verify(self.engine)
+
+    # -------------------------------------------------------------------- access record
+    def record_access(self, rows: Sequence[AccessRecord]) -> None:
+        for r in rows:
+            for value, field in ((r.principal, "principal"), (r.permission, "permission"), (r.resource, "resource")):
+                check_text(value, field)
+        if not rows:
+            return
+        with self._transaction(write=True) as conn:
+            access_log.upsert(conn, rows, self.dialect)
+
+    def accesses(self, *, since_minute: int = 0, until_minute: int | None = None,
+                 batch: int = 10_000) -> Iterator[AccessRecord]:
+        if batch < 1:
+            raise InvalidArgument("batch must be at least 1.", field="batch")
+        return access_log.read(self.engine, since_minute, until_minute, batch)
+
+    def prune_access(self, before_minute: int) -> int:
+        with self._transaction(write=True) as conn:
+            return access_log.prune(conn, before_minute)
 
 
 def open_store(url: str, *, migrate: bool = False) -> SqlStore:

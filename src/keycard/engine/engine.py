@@ -279,15 +279,25 @@ class Engine:
 
     # ======================================================================================== checks
     def check(self, principal: str | None, permission: str, resource: str, *,
-              time: dt.datetime | None = None) -> Decision:
+              extra_members: frozenset[str] = frozenset(),
+              time: dt.datetime | None = None, attributes: Mapping[str, str] | None = None) -> Decision:
         """May ``principal`` use ``permission`` on ``resource`` (a full resource name)?
 
         ``principal``: ``user:EMAIL``, ``serviceAccount:EMAIL``, ``principal://…``, or ``None`` /
         ``"allUsers"`` for an unauthenticated caller. ``time``: request.time for IAM Conditions
-        (default: the engine's clock, read only if a condition needs it).
+        (default: the engine's clock, read only if a condition needs it). ``attributes``: the
+        request's other condition attributes, e.g. ``{"request.path": "/predict", "request.host":
+        "api.example.com"}`` (what IAP exposes); a condition reading one that is absent errors.
+
+        ``extra_members``: the sets this request's credential puts the caller in (a federated token's
+        ``principalSet://…/group/G`` and ``…/attribute.NAME/VALUE``, an OIDC ID token's ``group:``
+        keys); they count for this check only — the engine records nothing about callers.
         """
         groups = self._groups
-        ident = groups._cache.get(principal or ANONYMOUS) or groups.identity(principal)
+        if extra_members:
+            ident = groups.identity(principal, extra_members)
+        else:
+            ident = groups._cache.get(principal or ANONYMOUS) or groups.identity(principal)
         h = self._h
         node = h.nodes.get(resource)
         if node is None:
@@ -364,11 +374,15 @@ class Engine:
         conds: tuple[ConditionResult, ...] = ()
         if found is None:
             if pending is None:
+                if extra_members:
+                    return self._not_granted(ident, permission, resource, (), time, extra_members)
                 return Decision(False, ident.principal, permission, resource, None, NOT_CHECKED, (), self, time)
             if time is None:
                 time = self._clock()
-            found, conds = self._check_pending(ident, resource, time, pending)
+            found, conds = self._check_pending(ident, resource, time, pending, attributes)
             if found is None:
+                if extra_members:
+                    return self._not_granted(ident, permission, resource, conds, time, extra_members)
                 return Decision(False, ident.principal, permission, resource, None, NOT_CHECKED, conds, self,
                                 time)
         for n in denies:
@@ -376,12 +390,20 @@ class Engine:
             if dn is None or dn.principals.isdisjoint(keys):
                 continue
             if permission in dn.exact or (dn.wild_prefixes and permission_parts(permission)[0] in dn.wild_prefixes):
-                reason, dconds = self._deny_on(n, ident, permission, resource, time)
+                reason, dconds = self._deny_on(n, ident, permission, resource, time, attributes)
                 if reason is not None:
                     return Decision(False, ident.principal, permission, resource, None, reason, conds + dconds,
                                     self, time)
                 conds += dconds
         return Decision(True, ident.principal, permission, resource, found, None, conds, self, time)
+
+    def _not_granted(self, ident: Identity, permission: str, resource: str, conds: tuple[ConditionResult, ...],
+                     time: dt.datetime | None, extra_members: frozenset[str]) -> Decision:
+        """A not-granted decision for a caller with request sets: its deny reason is found now (a Decision
+        computes it lazily from the principal alone, which would miss a deny rule naming one of the sets)."""
+        reason, dconds = self.deny_reason(ident.principal, permission, resource, time=time,
+                                          extra_members=extra_members)
+        return Decision(False, ident.principal, permission, resource, None, reason, conds + dconds, self, time)
 
     def _walk_order(self, more: list[tuple[Grant, str]], keys: tuple[str, ...],
                     pending: list[tuple[Grant, str]] | None) -> list[tuple[Grant, str]]:
@@ -392,9 +414,10 @@ class Engine:
         return more if pending is None else pending + more
 
     def deny_reason(self, principal: str | None, permission: str, resource: str, *,
+                    extra_members: frozenset[str] = frozenset(),
                     time: dt.datetime | None = None) -> tuple[DenyReason | None, tuple[ConditionResult, ...]]:
         """The deny rule on the resource's ancestry that denies this request, if any."""
-        ident = self._groups.identity(principal)
+        ident = self._groups.identity(principal, extra_members)
         chain = self._resolve(resource)[1]
         conds: tuple[ConditionResult, ...] = ()
         for n in chain:
@@ -406,7 +429,8 @@ class Engine:
                     return reason, conds
         return None, conds
 
-    def _check_pending(self, ident: Identity, resource: str, time: dt.datetime, pending: list[tuple[Grant, str]]
+    def _check_pending(self, ident: Identity, resource: str, time: dt.datetime, pending: list[tuple[Grant, str]],
+                       attributes: Mapping[str, str] | None = None
                        ) -> tuple[tuple[Grant, str, Identity, ConditionResult | None] | None,
                                   tuple[ConditionResult, ...]]:
         """Grants that need more than a set probe: custom-role scope and IAM Conditions."""
@@ -418,7 +442,7 @@ class Engine:
             if g.cond is None:
                 return (g, k, ident, None), tuple(results)
             if ctx is None:
-                ctx = self._context(resource, time)
+                ctx = self._context(resource, time, attributes)
             res = _evaluate(g.cond, ctx, g.node.name, f"bindings[{g.index}]")
             results.append(res)
             if res.value:
@@ -435,15 +459,19 @@ class Engine:
             g.scope_gen = self._h.gen
         return g.scope_ok
 
-    def _context(self, resource: str, time: dt.datetime) -> ConditionContext:
+    def _context(self, resource: str, time: dt.datetime,
+                 attributes: Mapping[str, str] | None = None) -> ConditionContext:
         rn = names.parse_resource(resource)
         node = self._lookup(rn.full)
         rtype = node.type if node is not None and rn.type.endswith("/Unknown") else rn.type
+        if attributes:
+            return ConditionContext(request_time=time, resource_name=rn.relative, resource_type=rtype,
+                                    resource_service=rn.service, extra=attributes)
         return ConditionContext(request_time=time, resource_name=rn.relative, resource_type=rtype,
                                 resource_service=rn.service)
 
-    def _deny_on(self, n: Node, ident: Identity, permission: str, resource: str,
-                 time: dt.datetime | None) -> tuple[DenyReason | None, tuple[ConditionResult, ...]]:
+    def _deny_on(self, n: Node, ident: Identity, permission: str, resource: str, time: dt.datetime | None,
+                 attributes: Mapping[str, str] | None = None) -> tuple[DenyReason | None, tuple[ConditionResult, ...]]:
         assert n.deny is not None
         conds: list[ConditionResult] = []
         for pol, i, rule in n.deny.candidates(permission):
@@ -455,7 +483,7 @@ class Engine:
                 continue
             res = None
             if rule.condition is not None and rule.condition.compiled is not None:
-                res = _evaluate(rule.condition.compiled, self._context(resource, time or self._clock()),
+                res = _evaluate(rule.condition.compiled, self._context(resource, time or self._clock(), attributes),
                                 n.name, f"{pol.name} rules[{i}]")
                 conds.append(res)
                 if res.value is False:
@@ -464,26 +492,35 @@ class Engine:
         return None, tuple(conds)
 
     def check_many(self, queries: Iterable[tuple[str | None, str, str]], *,
-                   time: dt.datetime | None = None) -> list[Decision]:
-        """Check many (principal, permission, resource) triples at one request.time."""
+                   time: dt.datetime | None = None,
+                   extra_members: Mapping[str | None, frozenset[str]] | None = None) -> list[Decision]:
+        """Check many (principal, permission, resource) triples at one request.time.
+
+        ``extra_members``: principal → the sets its credential puts it in (see :meth:`check`)."""
         if time is None:
             time = self._clock()
         check = self.check
-        return [check(p, perm, r, time=time) for p, perm, r in queries]
+        if not extra_members:
+            return [check(p, perm, r, time=time) for p, perm, r in queries]
+        none: frozenset[str] = frozenset()
+        return [check(p, perm, r, time=time, extra_members=extra_members.get(p, none)) for p, perm, r in queries]
 
     def test_iam_permissions(self, principal: str | None, resource: str, permissions: Iterable[str], *,
-                             time: dt.datetime | None = None) -> list[str]:
+                             time: dt.datetime | None = None,
+                             extra_members: frozenset[str] = frozenset()) -> list[str]:
         """The subset of ``permissions`` the principal holds on ``resource`` (testIamPermissions)."""
         perms = [names.parse_permission(p, f"permissions[{i}]") for i, p in enumerate(permissions)]
-        return [p for p in dict.fromkeys(perms) if self.check(principal, p, resource, time=time).allowed]
+        return [p for p in dict.fromkeys(perms)
+                if self.check(principal, p, resource, time=time, extra_members=extra_members).allowed]
 
     # =================================================================================== explaining
     def explain(self, principal: str | None, permission: str, resource: str, *,
+                extra_members: frozenset[str] = frozenset(),
                 time: dt.datetime | None = None) -> Explanation:
         """Every policy on the ancestry, every relevant binding and deny rule, with its verdict."""
         names.parse_permission(permission)
         time = time or self._clock()
-        ident = self._groups.identity(principal)
+        ident = self._groups.identity(principal, extra_members)
         node, chain = self._resolve(resource)
         notes = []
         ancestry = [n.name for n in chain]
@@ -579,10 +616,10 @@ class Engine:
         result.sort(key=lambda a: (a.principal, a.resource, a.binding_index))
         return result
 
-    def what_can(self, principal: str | None, resource: str, *,
+    def what_can(self, principal: str | None, resource: str, *, extra_members: frozenset[str] = frozenset(),
                  time: dt.datetime | None = None) -> dict[str, list[Access]]:
         """Every permission ``principal`` holds on ``resource``, with the grants that give it."""
-        ident = self._groups.identity(principal)
+        ident = self._groups.identity(principal, extra_members)
         _, chain = self._resolve(resource)
         found: dict[str, list[Access]] = {}
         for n in chain:
@@ -598,7 +635,8 @@ class Engine:
                                                               g.cond is not None, via))
         out = {}
         for p in sorted(found):
-            if self._h.deny_nodes and self.check(principal, p, resource, time=time).deny is not None:
+            if self._h.deny_nodes and self.check(principal, p, resource, time=time,
+                                                 extra_members=extra_members).deny is not None:
                 continue
             out[p] = found[p]
         return out
@@ -625,9 +663,10 @@ class Engine:
         return pol
 
     def check_with_policy(self, principal: str | None, permission: str, resource: str, *, at: str,
+                          extra_members: frozenset[str] = frozenset(),
                           policy: AllowPolicy, time: dt.datetime | None = None) -> bool:
         """Would ``principal`` hold ``permission`` on ``resource`` if ``at`` had ``policy``? (what-if)"""
-        ident = self._groups.identity(principal)
+        ident = self._groups.identity(principal, extra_members)
         target = self._lookup(names.parse_resource(at).full)
         _, chain = self._resolve(resource)
         if self._h.deny_nodes:
@@ -790,20 +829,14 @@ class Engine:
         self._virtual.clear()
         self.revision += 1
 
-    def set_principal_sets(self, principal: str, sets: Iterable[str]) -> None:
-        """Record the principal sets a federated principal belongs to by its credential (e.g.
-        ``principalSet://iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/P/group/G``
-        or ``…/attribute.NAME/VALUE``), replacing earlier ones; policy members naming those sets then
-        match the principal. Cheap when nothing changed (called on every authenticated request)."""
-        if self._groups.set_principal_sets(principal, sets):
-            self.revision += 1
-
     def group_members(self, group: str) -> tuple[str, ...]:
         return self._groups.members(names.parse_member(group if ":" in group else f"group:{group}", "group"))
 
-    def identity_keys(self, principal: str | None) -> tuple[str, ...]:
-        """Every member key that matches ``principal``: itself, domain, groups (transitively), public sets."""
-        return self._groups.identity(principal).keys
+    def identity_keys(self, principal: str | None, extra_members: frozenset[str] = frozenset()
+                      ) -> tuple[str, ...]:
+        """Every member key that matches ``principal``: itself, domain, groups (transitively), public sets,
+        and the request's ``extra_members`` with the groups they belong to."""
+        return self._groups.identity(principal, extra_members).keys
 
     # ====================================================================================== introspection
     @property

@@ -2,7 +2,9 @@
 
 It reads the same raw inputs as ``Engine.load`` and decides by brute force:
 walk the ancestry, try every deny rule, then every binding, expanding groups by
-recursion. No indexes, no caches. Conditions use the same CEL compiler (CEL
+recursion. A request's extra member keys (a federated token's principal sets, an
+IdP token's groups) match as themselves and make every group listing them match.
+No indexes, no caches. Conditions use the same CEL compiler (CEL
 itself is tested on its own).
 """
 
@@ -70,39 +72,45 @@ class Reference:
             cur = self.parent.get(cur)
         return out
 
-    def in_group(self, principal: str, group: str, seen: frozenset[str] = frozenset()) -> bool:
+    def in_group(self, principal: str, group: str, seen: frozenset[str] = frozenset(),
+                 extra: frozenset[str] = frozenset()) -> bool:
         if group in seen:
             return False
         for m in self.groups.get(group, []):
-            if self.matches(principal, m, seen | {group}):
+            if self.matches(principal, m, seen | {group}, extra):
                 return True
         return False
 
-    def matches(self, principal: str | None, member: str, seen: frozenset[str] = frozenset()) -> bool:
+    def matches(self, principal: str | None, member: str, seen: frozenset[str] = frozenset(),
+                extra: frozenset[str] = frozenset()) -> bool:
         if member == "allUsers":
             return True
         if principal is None:
             return False
         if member == "allAuthenticatedUsers":
             return True
-        if member == principal:
+        if member == principal or member in extra:
             return True
         if member.startswith("domain:"):
             return principal.startswith("user:") and principal.endswith("@" + member[7:])
+        if member.startswith("principalSet://") and member.endswith("/*") and principal.startswith("principal://"):
+            return principal.split("/subject/", 1)[0][len("principal://"):] == member[len("principalSet://"):-2]
         if member.startswith("group:"):
-            return self.in_group(principal, member, seen)
+            return self.in_group(principal, member, seen, extra)
         return False
 
-    def check(self, principal: str | None, permission: str, resource: str, time: dt.datetime) -> bool:
+    def check(self, principal: str | None, permission: str, resource: str, time: dt.datetime,
+              extra: frozenset[str] = frozenset()) -> bool:
         rel = resource.split("/", 3)[3]
         ctx = ConditionContext(request_time=time, resource_name=rel, resource_type="",
                                resource_service=resource.split("/")[2])
         chain = self.ancestry(resource)
         for node in chain:
             for rule in self.deny.get(node, []):
-                if not any(self.matches(principal, v2_to_member(p)) for p in rule["deniedPrincipals"]):
+                if not any(self.matches(principal, v2_to_member(p), extra=extra) for p in rule["deniedPrincipals"]):
                     continue
-                if any(self.matches(principal, v2_to_member(p)) for p in rule.get("exceptionPrincipals", [])):
+                if any(self.matches(principal, v2_to_member(p), extra=extra)
+                       for p in rule.get("exceptionPrincipals", [])):
                     continue
                 if not perm_in(rule["deniedPermissions"], permission):
                     continue
@@ -126,7 +134,7 @@ class Reference:
                 scope = role.get("scope")
                 if scope is not None and scope not in self.ancestry(node):
                     continue
-                if not any(self.matches(principal, m) for m in b["members"]):
+                if not any(self.matches(principal, m, extra=extra) for m in b["members"]):
                     continue
                 cond = b.get("condition")
                 if cond is not None:

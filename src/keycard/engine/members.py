@@ -55,7 +55,8 @@ class GroupGraph:
         self._members: dict[str, tuple[str, ...]] = {}
         self._parents: dict[str, set[str]] = {}
         self._cache: dict[str, Identity] = {}
-        self._sets: dict[str, frozenset[str]] = {}     # principal key → principal sets recorded for it
+        # (principal, the request's extra member keys) → identity: a federated or IdP caller's sets
+        self._extra_cache: dict[tuple[str, frozenset[str]], Identity] = {}
 
     # ----------------------------------------------------------------------------------- writes
     def set_members(self, group: object, members: object, *, check_cycles: bool = True) -> None:
@@ -78,34 +79,7 @@ class GroupGraph:
         for m in new:
             self._parents.setdefault(m, set()).add(gkey)
         self._cache.clear()
-
-    def set_principal_sets(self, principal: str, sets: Iterable[str]) -> bool:
-        """Record the principal sets ``principal`` belongs to beyond what its name says: a federated
-        caller's ``principalSet://…/group/G`` and ``…/attribute.NAME/VALUE`` sets, which its credential
-        carries. They become extra parents of the principal's key (like group memberships), replacing
-        the ones recorded before. Only this principal's cached identity is invalidated, and only when
-        the sets change; True if they did."""
-        key = names.parse_member(principal, "principal")
-        new = frozenset(names.parse_member(s, "principalSets") for s in sets)
-        old = self._sets.get(key, frozenset())
-        parents = self._parents.get(key, set())
-        if new == old and new <= parents:
-            return False
-        # Real group memberships stay; the new set object is swapped in whole, so a concurrent walk
-        # keeps iterating the old one.
-        gone = {s for s in old - new if key not in self._members.get(s, ())}
-        self._parents[key] = (parents - gone) | new
-        if new:
-            self._sets[key] = new
-        else:
-            self._sets.pop(key, None)
-        self._cache.pop(key, None)
-        self._cache.pop(principal, None)          # the cache is keyed by the principal as callers write it
-        return True
-
-    def principal_sets(self, principal: str) -> frozenset[str]:
-        """The sets recorded by :meth:`set_principal_sets` for ``principal``."""
-        return self._sets.get(names.parse_member(principal, "principal"), frozenset())
+        self._extra_cache.clear()
 
     def load(self, groups: Mapping[str, Sequence[str]]) -> None:
         if not isinstance(groups, Mapping):
@@ -140,9 +114,24 @@ class GroupGraph:
     def groups(self) -> list[str]:
         return list(self._members)
 
-    def identity(self, principal: str | None) -> Identity:
-        """The member keys matching ``principal`` (cached until the next group write)."""
+    def identity(self, principal: str | None, extra: frozenset[str] = frozenset()) -> Identity:
+        """The member keys matching ``principal`` (cached until the next group write).
+
+        ``extra``: member keys this request's credential puts the caller in beyond what its name says —
+        a federated token's ``principalSet://…/group/G`` and ``…/attribute.NAME/VALUE`` sets, the
+        ``group:`` keys an OIDC identity provider's ID token maps to. They count for this call only
+        (like group memberships, and the groups they belong to count too); nothing is recorded
+        about the principal."""
         key = principal or ANONYMOUS
+        if extra:
+            xkey = (key, extra)
+            ident = self._extra_cache.get(xkey)
+            if ident is None:
+                ident = self._expand(key, _extra_keys(extra))
+                if len(self._extra_cache) > 20_000:
+                    self._extra_cache.clear()
+                self._extra_cache[xkey] = ident
+            return ident
         ident = self._cache.get(key)
         if ident is None:
             ident = self._expand(key)
@@ -151,7 +140,7 @@ class GroupGraph:
             self._cache[key] = ident
         return ident
 
-    def _expand(self, raw: str) -> Identity:
+    def _expand(self, raw: str, extra: Sequence[str] = ()) -> Identity:
         if raw == ANONYMOUS:
             return Identity(ANONYMOUS, (ANONYMOUS,), {}, False)
         p = names.parse_member(raw, "principal")
@@ -165,6 +154,12 @@ class GroupGraph:
         seen = set(base)
         order = list(base)
         frontier = list(base)
+        for k in extra:                  # the request's sets: reached from the principal itself
+            if k not in seen:
+                seen.add(k)
+                via[k] = p
+                order.append(k)
+                frontier.append(k)
         if authenticated:
             frontier.append("allAuthenticatedUsers")
         while frontier:
@@ -198,3 +193,17 @@ class GroupGraph:
                 else:
                     out.append((m, path))
         return out
+
+
+def _extra_keys(extra: frozenset[str]) -> tuple[str, ...]:
+    """A request's extra member keys, canonical and in a stable order. Only sets can be extra — a
+    ``group:`` or a ``principalSet://`` key — never another principal, so a credential cannot name its
+    way into someone else's grants."""
+    out = []
+    for s in sorted(extra):
+        k = names.parse_member(s, "extra_members")
+        if not k.startswith(("group:", "principalSet://")) or k == "principalSet://goog/public:all":
+            raise InvalidArgument(f"Invalid extra_members {s!r}: expected a group: or principalSet:// member.",
+                                  field="extra_members")
+        out.append(k)
+    return tuple(out)

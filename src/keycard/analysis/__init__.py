@@ -1,0 +1,1 @@
+"""Pure analyses over the engine: Cloud Asset Inventory's IAM policy analysis and searches."""

@@ -166,6 +166,8 @@ def open_services(database: str, *, enforcement: str = "enforce", objects_dir: s
     runtime.bootstrap()
     blobs = BlobStore(objects_dir if objects_dir is not None else default_objects_dir(database))
     services = Services(runtime, utcnow, enforcement, str(inst.data["organization"]) if inst else None, blobs)
+    from keycard.services.access_record import AccessRecorder   # every authorization check, for recommender/simulator
+    services.access = AccessRecorder(store, clock=utcnow)
     return services, KeyRing(store), store
 
 

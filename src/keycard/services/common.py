@@ -11,6 +11,7 @@ from typing import Any
 from keycard import names
 from keycard.errors import InvalidArgument, PermissionDenied
 from keycard.runtime import Runtime
+from keycard.services.access_record import AccessRecorder
 from keycard.storage.blobs import BlobStore
 from keycard.store.base import Delete, Expect, Put
 
@@ -60,6 +61,7 @@ class Services:
     organization: str | None = None            # full name of the installation's organization
     blobs: BlobStore | None = None             # object data of the storage API (None: storage is off)
     training_enabled: bool = False             # ml training jobs run code as the server's OS user: opt-in
+    access: AccessRecorder | None = None       # the access record every authorize() feeds (None: off)
 
     # ------------------------------------------------------------------------- authorization
     def authorize(self, caller: Caller, permission: str, resource: str, *, service: str,
@@ -71,7 +73,10 @@ class Services:
         ``shown``: the full name as the caller wrote it (a project id stays an id), so the answer
         never reveals what it resolved to.
         """
-        d = self.runtime.engine.check(caller.principal, permission, resource, time=self.clock())
+        now = self.clock()
+        d = self.runtime.engine.check(caller.principal, permission, resource, time=now)
+        if self.access is not None:
+            self.access.record(caller.principal, permission, resource, d.allowed, now)
         named = shown or resource
         target = _relative(named)
         caller.authorizations.append({"resource": target, "permission": permission, "granted": d.allowed})

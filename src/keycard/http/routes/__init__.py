@@ -40,6 +40,9 @@ def register(router: Router) -> None:
     from keycard.http.routes import ml
     ml.register(router)
 
+    from keycard.http.routes import iap
+    iap.register(router)
+
     def jwks(app: Any, ctx: Any) -> Any:
         return app.keys().jwks()
 

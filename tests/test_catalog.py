@@ -83,6 +83,8 @@ REQUIRED_ROLES: tuple[str, ...] = (
     "roles/logging.admin",
     # IAP
     "roles/iap.httpsResourceAccessor",
+    "roles/iap.settingsAdmin",
+    "roles/iap.viewer",
     # Org policy
     "roles/orgpolicy.policyAdmin",
     "roles/orgpolicy.policyViewer",

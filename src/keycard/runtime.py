@@ -56,6 +56,7 @@ class Runtime:
         self.org_policies: dict[str, Mapping[str, Any]] = {}   # org policy name → its JSON (mirrored)
         self.identities = Registry()          # service accounts, keys, federation (mirrored)
         self._project_ids: dict[str, str] = {}   # project full name (by number) → project id
+        self._project_names: dict[str, str] = {}  # project id → project full name (by number)
         self._basic: dict[str, dict[str, tuple[str, ...]]] = {}   # project id → convenience value → members
         self._conv_policies: dict[str, Mapping[str, Any]] = {}    # policies naming convenience values
         self._project_policies: dict[str, Mapping[str, Any]] = {}  # project-level policies (raw)
@@ -174,6 +175,7 @@ class Runtime:
                 e.put_role({**_role_json(d), "deleted": bool(d.get("deleted")) or r.deleted})
             elif r.kind == "group":
                 email = str(d.get("groupKey", {}).get("id", ""))
+                    self._project_names[pid] = r.name
                 members = [] if r.deleted else [str(m) for m in d.get("keycardMembers", [])]
                 if email:
                     self._group_emails[r.name] = email
@@ -210,7 +212,10 @@ class Runtime:
         pid = self._project_ids.get(name)
         if pid is None:
             return
-        members = {prefix: tuple(_basic_members(policy, role)) for role, prefix in _CONVENIENCE}
+        if not self._conv_policies:         # no policy names a convenience value: computed when one does
+            self._basic.pop(pid, None)
+            return
+        members = _basic_sets(policy)
         if self._basic.get(pid) == members:
             return
         self._basic[pid] = members
@@ -232,7 +237,7 @@ class Runtime:
                 members.append(m)
                 prefix, _, pid = str(m).partition(":")
                 if prefix in ("projectOwner", "projectEditor", "projectViewer"):
-                    members.extend(self._basic.get(pid, {}).get(prefix, ()))
+                    members.extend(self._basic_of(pid).get(prefix, ()))
             bindings.append({**b, "members": list(dict.fromkeys(members))})
         out["bindings"] = bindings
         return out
@@ -252,6 +257,14 @@ class Runtime:
             elif kind in IDENTITY_KINDS:
                 acct = self.identities.accounts.get(name) if kind == "service_account" else None
                 self.identities.remove(kind, name)
+    def _basic_of(self, pid: str) -> dict[str, tuple[str, ...]]:
+        """Convenience value → members of project ``pid``'s basic-role bindings (cached per project)."""
+        members = self._basic.get(pid)
+        if members is None:
+            project = self._project_names.get(pid, "")
+            members = self._basic[pid] = _basic_sets(self._project_policies.get(project, {}))
+        return members
+
                 if acct is not None:
                     e.remove_resource(acct.resource)
             elif kind == "org_policy":
@@ -280,12 +293,20 @@ def _has_convenience(policy: Mapping[str, Any]) -> bool:
                for b in policy.get("bindings", []) or [] if isinstance(b, Mapping) for m in b.get("members", []) or [])
 
 
-def _basic_members(policy: Mapping[str, Any], role: str) -> list[str]:
-    return [str(m) for b in policy.get("bindings", []) or [] if isinstance(b, Mapping) and b.get("role") == role
-            and not b.get("condition") for m in b.get("members", []) or []]
+def _basic_sets(policy: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """projectOwner/projectEditor/projectViewer → the members of the policy's unconditional owner/editor/viewer
+    bindings, in one pass over the bindings."""
+    found: dict[str, list[str]] = {prefix: [] for _, prefix in _CONVENIENCE}
+    for b in policy.get("bindings", []) or []:
+        if isinstance(b, Mapping) and not b.get("condition"):
+            prefix = _CONVENIENCE_OF.get(str(b.get("role")))
+            if prefix is not None:
+                found[prefix].extend(str(m) for m in b.get("members", []) or [])
+    return {prefix: tuple(members) for prefix, members in found.items()}
 
 
 def _strip_etag(d: Mapping[str, Any]) -> dict[str, Any]:
+_CONVENIENCE_OF = dict(_CONVENIENCE)
     return {k: v for k, v in d.items() if k != "etag"}
 
 

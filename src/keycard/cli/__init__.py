@@ -444,6 +444,7 @@ def _register_groups() -> None:
     """Command groups that live in their own modules under keycard/cli/ (one line each)."""
     from keycard.cli import config
     app.add_typer(config.app, name="config")
+    __import__("keycard.cli.pac", fromlist=["register"]).register(app)  # plan, apply, export at top level
 
 
 _register_groups()

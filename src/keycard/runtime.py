@@ -127,9 +127,6 @@ class Runtime:
         self._follower.start()
 
     def stop(self) -> None:
-        # projects' merged indexes, built in the background rather than by each project's first request
-        threading.Thread(target=self.engine.warm, kwargs={"pause": lambda: _time.sleep(0.002)},
-                         name="keycard-warm", daemon=True).start()
         self._stop.set()
         if self._follower is not None:
             self._follower.join(timeout=2)

@@ -43,11 +43,9 @@ def register(router: Router) -> None:
     from keycard.http.routes import iap
     iap.register(router)
 
-    from keycard.http.routes import logging as logging_routes
-    logging_routes.register(router)
-
-    from keycard.http.routes import cloudasset
-    cloudasset.register(router)
+    from keycard.http.routes import recommender, simulator
+    recommender.register(router)
+    simulator.register(router)
 
     def jwks(app: Any, ctx: Any) -> Any:
         return app.keys().jwks()

@@ -302,7 +302,7 @@ class _Handler:
                                               "a write returned.", field="x-keycard-revision")
                     svc.runtime.ensure(int(wanted))
                 at = _authenticate(self.api.authn, metadata)
-                caller.principal, caller.claims = at.principal, at.claims
+                caller.principal, caller.claims, caller.extra_members = at.principal, at.claims, at.extra_members
                 try:
                     request = json_format.MessageToDict(m.request.FromString(raw))
                 except DecodeError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from keycard.http.routing import Router
 from keycard.identity.authn import Authenticator
 from keycard.identity.tokens import AccessToken, KeySet
 from keycard.services.common import Caller, Services
+from keycard.services.sa_keys import record_key_use
 
 __all__ = ["App", "RequestContext", "create_app"]
 
@@ -79,7 +81,9 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
     decisions = Counter("keycard_decisions", "Authorization decisions", ["outcome"], registry=registry)
     authn = Authenticator(keys, services.runtime.identities, services.clock,
                           {base_url.rstrip("/")} if base_url else set())
-    authn.principal_sets = lambda p, sets: services.runtime.engine.set_principal_sets(p, sets)
+    # a service-account key's last use (self-signed JWTs as bearers), written off the event loop
+    authn.key_used = lambda kid, now: threading.Thread(target=record_key_use, args=(services, kid, now),
+                                                       name="keycard-key-use", daemon=True).start()
     app_state = App(services, keys, router, registry, authn, base_url)
 
     async def dispatch(request: Request) -> Response:
@@ -108,6 +112,7 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
                 at = _authenticate(app_state, request)
                 caller.principal = at.principal
                 caller.claims = at.claims
+                caller.extra_members = at.extra_members
             body: Any = None
             if request.method in ("POST", "PUT", "PATCH"):
                 if route.raw_body:

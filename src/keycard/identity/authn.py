@@ -7,7 +7,8 @@ Accepted, in this order:
 2. Google-style self-signed service-account JWTs (RS256, ``iss == sub ==`` the account's email,
    ``kid`` = one of the account's registered keys): what GAPIC clients send instead of calling the
    token endpoint. ``aud`` must be ``https://SERVICE.googleapis.com/`` (or this server's URL), or
-   the JWT carries a ``scope`` claim instead; lifetime at most one hour.
+   the JWT carries a ``scope`` claim instead; lifetime at most one hour. Using one counts as a use
+   of its key (``keycardLastUsedTime``, written at most once a minute per key, like the token endpoint).
 3. ID tokens of an organization's own OpenID Connect identity provider (a JWT whose ``iss`` is a
    configured provider's issuer; :mod:`keycard.identity.oidc`): the user ``user:EMAIL`` it maps to.
 
@@ -15,26 +16,31 @@ Every accepted credential is then checked against the live identity registry: a 
 account or key that has been disabled or deleted since, or of a federation provider that has, or
 minted through a metadata-server attachment that has since been deleted, is refused at the next
 request — no propagation delay on this replica.
+
+The returned :class:`AccessToken` carries the principal sets its credential puts the caller in
+(``extra_members``: a federated token's ``principalSet://…/group/G`` and ``…/attribute.NAME/VALUE``,
+an IdP ID token's groups). They travel with the request to the engine; nothing about a caller is
+recorded anywhere, so two credentials of one principal with different sets never see each other's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keycard import names
-from keycard.errors import InvalidArgument, Unauthenticated
+from keycard.errors import Unauthenticated
+from keycard.identity.oauth import KeyUse
 from keycard.identity.oidc import OidcAuthenticator
 from keycard.identity.registry import Registry
 from keycard.identity.tokens import PREFIX, AccessToken, KeySet
 
-__all__ = ["SELF_SIGNED_MAX_LIFETIME", "Authenticator", "federated_sets"]
+__all__ = ["SELF_SIGNED_MAX_LIFETIME", "Authenticator"]
 
 SELF_SIGNED_MAX_LIFETIME = 3600
 _CLOCK_SKEW = 300
@@ -52,9 +58,12 @@ class Authenticator:
     base_urls: set[str] = field(default_factory=set)          # this server's own URLs, accepted as audiences
     _self_signed: dict[str, AccessToken] = field(default_factory=dict)
     _public: dict[str, rsa.RSAPublicKey] = field(default_factory=dict)      # key id → loaded public key
-    # Engine hook: the principal sets a federated caller belongs to by its token (Engine.set_principal_sets).
-    principal_sets: Callable[[str, tuple[str, ...]], None] | None = None
     oidc: OidcAuthenticator | None = None    # human users' company IdPs (default: those in the registry)
+    # When a service-account key is used (a self-signed JWT here, the JWT-bearer grant at /token): at most
+    # once per key per minute (``key_use``, shared with the token endpoint), ``key_used(key_id, now)`` is
+    # called to write the key's keycardLastUsedTime. It must not block: the caller may be the event loop.
+    key_used: Callable[[str, dt.datetime], None] | None = None
+    key_use: KeyUse = field(default_factory=KeyUse)
 
     def __post_init__(self) -> None:
         if self.oidc is None:
@@ -64,18 +73,16 @@ class Authenticator:
         now = self.clock()
         if token.startswith(PREFIX):
             at = self.keys().verify(token, now=now)
-        elif token.count(".") == 2:
-            at = self._oidc_user(token, now) or self._self_signed_jwt(token, now)
-        else:
+            self.check_live(at, now)
+            return at
+        if token.count(".") != 2:
             raise _invalid("not a keycard access token or a service account's signed JWT; get a token with "
                            "`keycard auth print-access-token`", "ACCESS_TOKEN_TYPE_UNSUPPORTED")
+        at = self._oidc_user(token, now) or self._self_signed_jwt(token, now)
         self.check_live(at, now)
-        if self.principal_sets is not None and "fed" in at.claims:
-            self.principal_sets(at.principal, federated_sets(at.principal, at.claims))
-        if self.principal_sets is not None and at.principal.startswith("user:"):
-            # a user's groups mapped from their IdP's ID token count while they present that token
-            # (and are cleared when they present any other credential)
-            self.principal_sets(at.principal, tuple(at.claims.get("idp_groups", ())))
+        kid = at.claims.get("sak")                 # a service account's self-signed JWT: a use of its key
+        if kid is not None and self.key_used is not None and self.key_use.due(kid, time.monotonic()):
+            self.key_used(kid, now)
         return at
 
     # ------------------------------------------------------------------------------ liveness
@@ -118,8 +125,8 @@ class Authenticator:
         user = self.oidc.authenticate(token, now)
         if user is None:
             return None
-        return AccessToken(token, user.principal, user.expires_at,
-                           {**user.claims, "idp": user.provider, "idp_groups": list(user.groups)})
+        return AccessToken(token, user.principal, user.expires_at, {**user.claims, "idp": user.provider},
+                           frozenset(user.groups))
 
     # ------------------------------------------------------------------------ self-signed JWTs
     def _self_signed_jwt(self, token: str, now: dt.datetime) -> AccessToken:
@@ -178,29 +185,3 @@ class Authenticator:
             return False
         host = a[8:].split("/", 1)[0]
         return host.endswith(".googleapis.com") and host.count(".") == 2
-
-
-def federated_sets(principal: str, claims: Mapping[str, Any]) -> tuple[str, ...]:
-    """The ``principalSet://…/group/G`` and ``…/attribute.NAME/VALUE`` sets of a federated token
-    (STS puts the mapped groups in ``grp`` and the attributes in ``attr``). Values that no policy
-    member could name (whitespace, over 127 characters) are left out."""
-    if not principal.startswith("principal://") or "/subject/" not in principal:
-        return ()
-    pool = "principalSet://" + principal[len("principal://"):].split("/subject/", 1)[0]
-    out: list[str] = []
-    groups = claims.get("grp")
-    for g in groups if isinstance(groups, list) else ():
-        if isinstance(g, str):
-            out.append(f"{pool}/group/{g}")
-    attrs = claims.get("attr")
-    for name, value in attrs.items() if isinstance(attrs, Mapping) else ():
-        for v in value if isinstance(value, list) else (value,):
-            if isinstance(v, str):
-                out.append(f"{pool}/attribute.{name}/{v}")
-    valid = []
-    for s in out:
-        try:
-            valid.append(names.parse_member(s, "principalSet"))
-        except InvalidArgument:
-            continue
-    return tuple(dict.fromkeys(valid))

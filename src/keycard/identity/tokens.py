@@ -21,9 +21,10 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from keycard.errors import Unauthenticated
+from keycard import names
+from keycard.errors import InvalidArgument, Unauthenticated
 
-__all__ = ["PREFIX", "AccessToken", "KeySet", "SigningKey", "generate_key"]
+__all__ = ["PREFIX", "AccessToken", "KeySet", "SigningKey", "federated_sets", "generate_key"]
 
 PREFIX = "kc1."
 ISSUER = "keycard"
@@ -61,6 +62,9 @@ class AccessToken:
     principal: str              # member key: user:…, serviceAccount:…
     expires_at: dt.datetime
     claims: Mapping[str, Any] = field(default_factory=dict)
+    # the sets this credential puts its principal in, for this request only (Engine.check's extra_members):
+    # a federated token's principalSet://…/group/G and …/attribute.NAME/VALUE, an IdP ID token's group: keys
+    extra_members: frozenset[str] = frozenset()
 
     @property
     def expires_in(self) -> int:
@@ -173,7 +177,35 @@ class KeySet:
         if exp <= now:
             raise Unauthenticated("Request had invalid authentication credentials: the access token expired. "
                                   "Get a new one.", reason="ACCESS_TOKEN_EXPIRED")
-        return AccessToken(token, str(claims["sub"]), exp, claims)
+        sub = str(claims["sub"])
+        return AccessToken(token, sub, exp, claims, federated_sets(sub, claims) if "fed" in claims else frozenset())
+
+
+def federated_sets(principal: str, claims: Mapping[str, Any]) -> frozenset[str]:
+    """The ``principalSet://…/group/G`` and ``…/attribute.NAME/VALUE`` sets of a federated token
+    (STS puts the mapped groups in ``grp`` and the attributes in ``attr``). Values that no policy
+    member could name (whitespace, over 127 characters) are left out. Computed once per token: the
+    verified token (with its sets) is cached."""
+    if not principal.startswith("principal://") or "/subject/" not in principal:
+        return frozenset()
+    pool = "principalSet://" + principal[len("principal://"):].split("/subject/", 1)[0]
+    out: list[str] = []
+    groups = claims.get("grp")
+    for g in groups if isinstance(groups, list) else ():
+        if isinstance(g, str):
+            out.append(f"{pool}/group/{g}")
+    attrs = claims.get("attr")
+    for name, value in attrs.items() if isinstance(attrs, Mapping) else ():
+        for v in value if isinstance(value, list) else (value,):
+            if isinstance(v, str):
+                out.append(f"{pool}/attribute.{name}/{v}")
+    valid = set()
+    for s in out:
+        try:
+            valid.add(names.parse_member(s, "principalSet"))
+        except InvalidArgument:
+            continue
+    return frozenset(valid)
 
 
 def _b64(data: bytes) -> str:

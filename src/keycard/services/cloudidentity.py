@@ -112,10 +112,11 @@ def _roles_of(rec: Record, principal: str | None) -> set[str]:
     return set()
 
 
-def _is_member(svc: Services, rec: Record, principal: str | None) -> bool:
-    """Direct or nested membership of the caller, from the engine's group graph."""
-    return principal is not None and \
-        f"group:{rec.data['groupKey']['id']}" in svc.runtime.engine.identity_keys(principal)
+def _is_member(svc: Services, rec: Record, caller: Caller) -> bool:
+    """Direct or nested membership of the caller, from the engine's group graph (and the groups its
+    credential carries, e.g. an IdP token's)."""
+    return caller.principal is not None and f"group:{rec.data['groupKey']['id']}" in \
+        svc.runtime.engine.identity_keys(caller.principal, caller.extra_members)
 
 
 def _authorize(svc: Services, caller: Caller, permission: str, rec: Record | None, shown: str, *,
@@ -124,7 +125,7 @@ def _authorize(svc: Services, caller: Caller, permission: str, rec: Record | Non
     org = _org(svc)
     if not svc.allowed(caller, permission, org) and rec is not None:
         roles = _roles_of(rec, caller.principal)
-        if roles & set(group_roles) or (as_member and (roles or _is_member(svc, rec, caller.principal))):
+        if roles & set(group_roles) or (as_member and (roles or _is_member(svc, rec, caller))):
             caller.authorizations.append({"resource": shown, "permission": permission, "granted": True,
                                           "via": "group membership"})
             if caller.resource is None:

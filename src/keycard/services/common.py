@@ -45,6 +45,9 @@ class Caller:
     revision: int | None = None           # set by a write: the consistency token to return
     resource: str | None = None           # full name of the first resource authorized (for Data Access logs)
     claims: Mapping[str, Any] | None = None   # the verified credential's claims (scope, key id, provider, …)
+    # the sets the credential puts the caller in, for this request only (a federated token's principal sets,
+    # an IdP token's groups): every check of this caller passes them to the engine as extra_members
+    extra_members: frozenset[str] = frozenset()
 
     @property
     def email(self) -> str:
@@ -74,7 +77,8 @@ class Services:
         never reveals what it resolved to.
         """
         now = self.clock()
-        d = self.runtime.engine.check(caller.principal, permission, resource, time=now)
+        d = self.runtime.engine.check(caller.principal, permission, resource, time=now,
+                                      extra_members=caller.extra_members)
         if self.access is not None:
             self.access.record(caller.principal, permission, resource, d.allowed, now)
         named = shown or resource
@@ -93,7 +97,8 @@ class Services:
                                                       "domain": service})
 
     def allowed(self, caller: Caller, permission: str, resource: str) -> bool:
-        return self.runtime.engine.check(caller.principal, permission, resource, time=self.clock()).allowed
+        return self.runtime.engine.check(caller.principal, permission, resource, time=self.clock(),
+                                      extra_members=caller.extra_members).allowed
 
     # --------------------------------------------------------------------------------- writes
     def commit(self, caller: Caller, *, puts: Sequence[Put] = (), deletes: Sequence[Delete] = (),

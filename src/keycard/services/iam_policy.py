@@ -185,7 +185,7 @@ def set_iam_policy(svc: Services, caller: Caller, resource: str, body: Mapping[s
     if not allow_lockout and caller.principal is not None:
         final = parsed if mask >= {"bindings"} and new.get("version") == parsed.version \
             else parse_allow_policy(new, "policy")
-        if not _keeps(svc, caller.principal, permission, resource, final):
+        if not _keeps(svc, caller.principal, permission, resource, final, caller.extra_members):
             raise FailedPrecondition(
                 f"This change would remove your own {permission} on {resource}, locking you out. If you mean it, "
                 "send the request again with the header 'X-Keycard-Allow-Lockout: true'.",
@@ -209,7 +209,8 @@ _STABLE_MEMBERS = {"user", "group", "serviceAccount", "domain", "principal", "pr
                    "allAuthenticatedUsers"}
 
 
-def _keeps(svc: Services, principal: str, permission: str, resource: str, final: AllowPolicy) -> bool:
+def _keeps(svc: Services, principal: str, permission: str, resource: str, final: AllowPolicy,
+           extra: frozenset[str] = frozenset()) -> bool:
     """Does ``principal`` still hold ``permission`` on ``resource`` once ``final`` is its allow policy
     (or not hold it now, so there is nothing to lose)?
 
@@ -219,7 +220,7 @@ def _keeps(svc: Services, principal: str, permission: str, resource: str, final:
     (same role, same member, no condition) through a membership that no allow policy defines."""
     eng = svc.runtime.engine
     now = svc.clock()
-    decision = eng.check(principal, permission, resource, time=now)
+    decision = eng.check(principal, permission, resource, time=now, extra_members=extra)
     if not decision.allowed:
         return True
     grant = decision.grant
@@ -230,7 +231,8 @@ def _keeps(svc: Services, principal: str, permission: str, resource: str, final:
                 and any(b.role == grant.role and b.condition is None and grant.member in b.members
                         for b in final.bindings):
             return True
-    return eng.check_with_policy(principal, permission, resource, at=resource, policy=final, time=now)
+    return eng.check_with_policy(principal, permission, resource, at=resource, policy=final, time=now,
+                                 extra_members=extra)
 
 
 def test_iam_permissions(svc: Services, caller: Caller, resource: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -244,5 +246,6 @@ def test_iam_permissions(svc: Services, caller: Caller, resource: str, body: Map
         raise InvalidArgument(f"Invalid permissions: {len(perms)} given; at most 100 per request.",
                               field="permissions")
     checked: Sequence[str] = [names.parse_permission(p, f"permissions[{i}]") for i, p in enumerate(perms)]
-    granted = svc.runtime.engine.test_iam_permissions(caller.principal, resource, checked, time=svc.clock())
+    granted = svc.runtime.engine.test_iam_permissions(caller.principal, resource, checked, time=svc.clock(),
+                                                      extra_members=caller.extra_members)
     return {"permissions": granted} if granted else {}

@@ -14,6 +14,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+import logging
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -23,13 +24,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from keycard.errors import FailedPrecondition, InvalidArgument, NotFound
+from keycard.errors import FailedPrecondition, InvalidArgument, KeycardError, NotFound
 from keycard.identity.registry import FAR_FUTURE, AccountKey, ServiceAccount
 from keycard.services.common import Caller, Services
 from keycard.services.service_accounts import SERVICE, resolve
 from keycard.store.base import Delete, Expect, Put
 
-__all__ = ["MAX_KEYS", "create_key", "key_json", "list_keys", "public_key_formats"]
+__all__ = ["MAX_KEYS", "create_key", "key_json", "list_keys", "public_key_formats", "record_key_use"]
+
+log = logging.getLogger("keycard.sa_keys")
 
 MAX_KEYS = 10
 _ALGORITHMS = {"KEY_ALG_RSA_2048": 2048, "KEY_ALG_RSA_1024": 1024, "KEY_ALG_UNSPECIFIED": 2048}
@@ -54,6 +57,27 @@ def key_json(acct: ServiceAccount, key: AccountKey, public_type: str = "TYPE_NON
     if public_type != "TYPE_NONE":
         out.update(public_key_formats(key, public_type))
     return out
+
+
+def record_key_use(svc: Services, key_id: str, now: dt.datetime) -> None:
+    """Write ``keycardLastUsedTime`` on the key's record: the token endpoint's JWT-bearer grant and a
+    self-signed JWT used as a bearer call this at most once a minute per key (the Authenticator's
+    ``key_use`` throttle). Best effort: a failed or conflicting write (the key was just disabled or
+    deleted) is logged and never fails the request that used the key."""
+    store = svc.runtime.store
+    try:
+        rec = store.get("sa_key", key_id)
+        if rec is None or rec.deleted:
+            return
+        data = dict(rec.data)
+        data["keycardLastUsedTime"] = _ts(now)
+        store.commit([Put("sa_key", key_id, data, parent=rec.parent)],
+                     expect=[Expect("sa_key", key_id, rec.revision)])
+        svc.runtime.catch_up()
+    except KeycardError as e:
+        log.info("key %s: last use not recorded (%s)", key_id, e.status)
+    except Exception:
+        log.exception("key %s: last use not recorded", key_id)
 
 
 def public_key_formats(key: AccountKey, public_type: str) -> dict[str, Any]:

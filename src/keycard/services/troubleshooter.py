@@ -260,15 +260,17 @@ def _overall(deny: str, allow: str) -> str:
     return "GRANTED"
 
 
-def _identity_keys(engine: Engine, principal: str) -> frozenset[str]:
-    """Every member key that includes ``principal`` (itself, its domain, its groups, allUsers …)."""
-    return frozenset(engine.identity_keys(principal))
+def _identity_keys(engine: Engine, principal: str, extra: frozenset[str] = frozenset()) -> frozenset[str]:
+    """Every member key that includes ``principal`` (itself, its domain, its groups, allUsers …, and the
+    sets ``extra`` its credential carries)."""
+    return frozenset(engine.identity_keys(principal, extra))
 
 
-def _explain(engine: Engine, at: AccessTuple, time: dt.datetime | None) -> tuple[Explanation, frozenset[str]]:
+def _explain(engine: Engine, at: AccessTuple, time: dt.datetime | None, extra: frozenset[str]
+             ) -> tuple[Explanation, frozenset[str]]:
     when = at.receive_time or time
-    ex = engine.explain(at.principal, at.permission, at.full_resource_name, time=when)
-    return ex, _identity_keys(engine, at.principal)
+    ex = engine.explain(at.principal, at.permission, at.full_resource_name, time=when, extra_members=extra)
+    return ex, _identity_keys(engine, at.principal, extra)
 
 
 def _bindings(engine: Engine, ex: Explanation, keys: frozenset[str]
@@ -299,11 +301,11 @@ def _condition_explanation(res: ConditionResult | None) -> dict[str, Any] | None
 
 # =============================================================================================== v1
 
-def troubleshoot_v1(engine: Engine, request: Mapping[str, Any], *, time: dt.datetime | None = None
-                    ) -> dict[str, Any]:
+def troubleshoot_v1(engine: Engine, request: Mapping[str, Any], *, time: dt.datetime | None = None,
+                    extra_members: frozenset[str] = frozenset()) -> dict[str, Any]:
     """``POST /v1/iam:troubleshoot``: Google's TroubleshootIamPolicyResponse (v1) as JSON."""
     at = parse_access_tuple(request)
-    ex, keys = _explain(engine, at, time)
+    ex, keys = _explain(engine, at, time, extra_members)
     explained: list[dict[str, Any]] = []
     allow_states: list[str] = []
     for resource, pol, verdicts in _bindings(engine, ex, keys):
@@ -457,11 +459,11 @@ def _deny_rule_v3(d: DenyRuleExplanation, pol: DenyPolicy, keys: frozenset[str],
     return out
 
 
-def troubleshoot_v3(engine: Engine, request: Mapping[str, Any], *, time: dt.datetime | None = None
-                    ) -> dict[str, Any]:
+def troubleshoot_v3(engine: Engine, request: Mapping[str, Any], *, time: dt.datetime | None = None,
+                    extra_members: frozenset[str] = frozenset()) -> dict[str, Any]:
     """``POST /v3/iam:troubleshoot``: Google's TroubleshootIamPolicyResponse (iam v3) as JSON."""
     at = parse_access_tuple(request, v3=True)
-    ex, keys = _explain(engine, at, time)
+    ex, keys = _explain(engine, at, time, extra_members)
 
     # ---- allow
     explained: list[dict[str, Any]] = []

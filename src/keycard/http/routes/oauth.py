@@ -6,7 +6,6 @@ is given, and the rest publishes public keys as Google does.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from typing import Any
@@ -20,12 +19,11 @@ from keycard.http.routing import Route, Router
 from keycard.identity import oauth
 from keycard.identity.registry import Registry, ServiceAccount
 from keycard.identity.tokens import AccessToken
-from keycard.store.base import Expect, Put
+from keycard.services.sa_keys import record_key_use
 
 log = logging.getLogger("keycard.oauth")
 
 _verifiers: dict[int, oauth.Verifier] = {}
-_key_use = oauth.KeyUse()
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -48,29 +46,6 @@ def _oauth_error(e: oauth.OAuthError) -> JSONResponse:
     return JSONResponse(e.to_json(), status_code=e.status, headers=_NO_STORE)
 
 
-def _record_use(app: App, key_id: str, now: dt.datetime) -> None:
-    """Write ``keycardLastUsedTime`` on the key's record (throttled to once a minute per key).
-
-    Best effort: a failed or conflicting write (the key was just disabled or deleted) never fails the grant.
-    """
-    if not _key_use.due(key_id, time.monotonic()):
-        return
-    store = app.services.runtime.store
-    try:
-        rec = store.get("sa_key", key_id)
-        if rec is None or rec.deleted:
-            return
-        data = dict(rec.data)
-        data["keycardLastUsedTime"] = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        store.commit([Put("sa_key", key_id, data, parent=rec.parent)],
-                     expect=[Expect("sa_key", key_id, rec.revision)])
-        app.services.runtime.catch_up()
-    except KeycardError as e:
-        log.info("key %s: last use not recorded (%s)", key_id, e.status)
-    except Exception:
-        log.exception("key %s: last use not recorded", key_id)
-
-
 def token(app: App, ctx: RequestContext) -> Response:
     now = app.services.clock()
     registry = app.services.runtime.identities
@@ -79,7 +54,8 @@ def token(app: App, ctx: RequestContext) -> Response:
         body = oauth.issue(grant, app.keys(), issuer=base_url(app, ctx), now=now)
     except oauth.OAuthError as e:
         return _oauth_error(e)
-    _record_use(app, grant.key.key_id, now)
+    if app.authn.key_use.due(grant.key.key_id, time.monotonic()):      # at most once a minute per key
+        record_key_use(app.services, grant.key.key_id, now)
     return JSONResponse(body, headers=_NO_STORE)
 
 

@@ -54,9 +54,12 @@ def troubleshoot(svc: Services, caller: Caller, body: Any, *, v3: bool) -> dict[
         permission, target = required_permission(svc, at.full_resource_name)
         svc.authorize(caller, permission, target, service=SERVICE)
     engine = svc.runtime.engine
+    # troubleshooting one's own access: the sets of the credential in hand count, as they do in a check
+    extra = caller.extra_members if caller.principal is not None and \
+        caller.principal.lower() == at.principal.lower() else frozenset[str]()
     if v3:
-        return ts.troubleshoot_v3(engine, body, time=svc.clock())
-    return ts.troubleshoot_v1(engine, body, time=svc.clock())
+        return ts.troubleshoot_v3(engine, body, time=svc.clock(), extra_members=extra)
+    return ts.troubleshoot_v1(engine, body, time=svc.clock(), extra_members=extra)
 
 
 def register(router: Router) -> None:

@@ -327,6 +327,21 @@ for _kind, _key in (("organizations", "ORG"), ("folders", "FOLDER"), ("projects"
         "name": f"{_node}/policies/{{CONSTRAINT}}", "spec": {"rules": [{"enforce": False}]}})
     CASES[f"{_op}.policies.delete"] = Case("DELETE", f"{_pol}/{{CONSTRAINT}}", (_key, "CONSTRAINT"))
 
+# keycard extension: atomic add/remove of one binding, authorized like setIamPolicy
+_BINDING = {"binding": {"role": "roles/viewer", "members": [f"user:{STRANGER}"]}}
+for _verb in ("keycardAddIamPolicyBinding", "keycardRemoveIamPolicyBinding"):
+    for _kind, _key in (("organizations", "ORG"), ("folders", "FOLDER"), ("projects", "PROJECT")):
+        CASES[f"cloudresourcemanager.{_kind}.{_verb}"] = Case("POST", f"/v3/{_kind}/{{{_key}}}:{_verb}", (_key,),
+                                                              body=_BINDING)
+    CASES[f"{_SAO}.{_verb}"] = Case("POST", f"{_ONE_SA}:{_verb}", ("SAEMAIL",), body={
+        "binding": {"role": "roles/iam.serviceAccountTokenCreator", "members": [f"user:{STRANGER}"]}})
+    CASES[f"ml.projects.models.{_verb}"] = Case("POST", f"{_MLM}:{_verb}", ("MODEL",), body={
+        "binding": {"role": "roles/ml.modelOwner", "members": [f"user:{STRANGER}"]}})
+    CASES[f"ml.projects.jobs.{_verb}"] = Case("POST", f"{_MLJ}:{_verb}", ("JOB",), body={
+        "binding": {"role": "roles/ml.jobOwner", "members": [f"user:{STRANGER}"]}})
+    CASES[f"storage.buckets.{_verb}"] = Case("POST", f"{_GCS}/{{BUCKET}}/iam:{_verb}", ("BUCKET",), body={
+        "binding": {"role": "roles/storage.objectViewer", "members": [f"user:{STRANGER}"]}})
+
 
 def _router() -> Router:
     router = Router()

@@ -10,23 +10,28 @@ Semantics (Google's, plus one safety net):
   the limit and the counts;
 - safer than Google: a write that would take away the caller's own setIamPolicy on the resource
   is refused unless the request says it means it (``X-Keycard-Allow-Lockout: true``).
+
+keycard extension: ``:keycardAddIamPolicyBinding`` / ``:keycardRemoveIamPolicyBinding`` (:func:`modify_binding`)
+add or remove members of one binding atomically on the server — a compare-and-swap through the resource's own
+setIamPolicy path (same permission, validation, lockout guard and audit record), retried on a concurrent change,
+so clients need no read-modify-write loop of their own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from keycard import names
 from keycard.engine.conditions import MAX_LOGIC_OPERATORS
 from keycard.engine.model import AllowPolicy, parse_allow_policy
-from keycard.errors import Aborted, FailedPrecondition, InvalidArgument
+from keycard.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from keycard.runtime import etag_for, revision_from_etag
 from keycard.services.common import Caller, Services
 from keycard.store.base import Expect, Put
 
-__all__ = ["get_iam_policy", "policy_delta", "set_iam_policy", "test_iam_permissions"]
+__all__ = ["get_iam_policy", "modify_binding", "policy_delta", "set_iam_policy", "test_iam_permissions"]
 
 MAX_PRINCIPALS = 1500
 MAX_GROUPS_DOMAINS = 250
@@ -202,6 +207,102 @@ def set_iam_policy(svc: Services, caller: Caller, resource: str, body: Mapping[s
                           parsed={("iam_policy", resource): ready} if ready is not None else None)
     out = _present(new, revision)
     return out
+
+
+MODIFY_ATTEMPTS = 20
+
+
+def _binding_request(body: object, add: bool) -> tuple[str, list[str], dict[str, str] | None, bool]:
+    """``{"binding": {"role", "members", "condition"?}, "allConditions"?: bool}`` → its parts (400 naming the
+    field otherwise)."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("binding"), Mapping):
+        raise InvalidArgument('Invalid request body: expected {"binding": {"role": ..., "members": [...]}}.',
+                              field="binding")
+    b = body["binding"]
+    role, members, cond = b.get("role"), b.get("members"), b.get("condition")
+    if not isinstance(role, str) or not role:
+        raise InvalidArgument("Invalid binding.role: expected a role name, e.g. roles/viewer.", field="binding.role")
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) and m for m in members):
+        raise InvalidArgument("Invalid binding.members: expected a non-empty list of principals, e.g. "
+                              "[\"user:alice@example.com\"].", field="binding.members")
+    condition: dict[str, str] | None = None
+    if cond is not None:
+        if not isinstance(cond, Mapping) or not isinstance(cond.get("expression"), str) \
+                or not all(isinstance(v, str) for v in cond.values()):
+            raise InvalidArgument("Invalid binding.condition: expected {expression, title?, description?}.",
+                                  field="binding.condition")
+        condition = {k: str(cond[k]) for k in ("expression", "title", "description") if cond.get(k)}
+    every = body.get("allConditions", False)
+    if not isinstance(every, bool) or (every and (add or condition is not None)):
+        raise InvalidArgument("Invalid allConditions: a boolean, only when removing without a condition.",
+                              field="allConditions")
+    return role, list(dict.fromkeys(members)), condition, every
+
+
+def _same_condition(a: object, b: Mapping[str, str] | None) -> bool:
+    if not a and not b:
+        return True
+    if not isinstance(a, Mapping) or not b:
+        return False
+    return {k: str(v) for k, v in a.items() if v} == dict(b)
+
+
+def _changed_bindings(bindings: Sequence[Mapping[str, Any]], role: str, members: list[str],
+                      condition: dict[str, str] | None, add: bool, every: bool) -> list[dict[str, Any]] | None:
+    """The policy's bindings with the change made, or None when it changes nothing."""
+    out = [dict(b) for b in bindings]
+    hits = [b for b in out if b.get("role") == role and (every or _same_condition(b.get("condition"), condition))]
+    if add:
+        if hits:
+            missing = [m for m in members if m not in hits[0].get("members", [])]
+            if not missing:
+                return None
+            hits[0]["members"] = [*hits[0].get("members", []), *missing]
+        else:
+            out.append({"role": role, "members": members, **({"condition": condition} if condition else {})})
+        return out
+    touched = False
+    for b in hits:
+        kept = [m for m in b.get("members", []) if m not in members]
+        touched = touched or len(kept) != len(b.get("members", []))
+        b["members"] = kept
+    if not touched:
+        return None
+    return [b for b in out if b.get("members")]
+
+
+def modify_binding(svc: Services, caller: Caller, resource: str, body: object, *, add: bool, permission: str,
+                   service: str, write: Callable[[dict[str, Any]], dict[str, Any]],
+                   shown: str | None = None) -> dict[str, Any]:
+    """keycard's ``:keycardAddIamPolicyBinding`` / ``:keycardRemoveIamPolicyBinding`` on ``resource``.
+
+    ``write(policy)`` is the resource's own setIamPolicy (it re-authorizes, validates, guards against
+    self-lockout and records the audit entry); each attempt sends the etag it read, so a concurrent
+    change makes it ABORTED and the change is made again on the new policy. Adding members that are
+    there already writes nothing; removing members that are not there is 404 naming the binding.
+    Returns the policy after the change (as setIamPolicy does)."""
+    svc.authorize(caller, permission, resource, service=service, shown=shown)
+    role, members, condition, every = _binding_request(body, add)
+    for _ in range(MODIFY_ATTEMPTS):
+        current, rev = _stored(svc, resource)
+        bindings = _changed_bindings(current.get("bindings", []), role, members, condition, add, every)
+        if bindings is None:
+            if add:
+                return _present(current, rev)
+            what = f"condition {condition['expression']!r}" if condition else \
+                ("any condition" if every else "no condition")
+            raise NotFound(f"No binding of {role} with {', '.join(members)} and {what} on "
+                           f"{(shown or resource).split('/', 3)[-1]}: nothing to remove.",
+                           reason="BINDING_NOT_FOUND", field="binding")
+        conditional = any(b.get("condition") for b in bindings)
+        policy: dict[str, Any] = {"version": 3 if conditional else current.get("version", 1),
+                                  "bindings": bindings, "etag": etag_for(rev)}
+        try:
+            return write(policy)
+        except Aborted:
+            continue
+    raise Aborted(f"The policy of {(shown or resource).split('/', 3)[-1]} changed {MODIFY_ATTEMPTS} times while "
+                  "this binding was being changed. Retry with exponential backoff.", reason="TOO_MANY_CONFLICTS")
 
 
 # membership chains that do not depend on any allow policy (unlike, e.g., projectOwner:P convenience values)

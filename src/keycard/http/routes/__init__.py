@@ -47,6 +47,9 @@ def register(router: Router) -> None:
     recommender.register(router)
     simulator.register(router)
 
+    from keycard.http.routes import iam_bindings
+    iam_bindings.register(router)
+
     def jwks(app: Any, ctx: Any) -> Any:
         return app.keys().jwks()
 

@@ -133,6 +133,22 @@ def test_group_grant_applies_through_mapped_groups(server: Server, idp: IdP) -> 
     assert _get(server, idp.token(STRANGER)).status_code == 403
 
 
+def test_two_id_tokens_of_one_user_with_different_groups_used_concurrently(server: Server, idp: IdP) -> None:
+    """The groups travel with each request: one user's two live ID tokens, one carrying the granted group
+    and one not, used at the same moment, each get exactly what their own groups give."""
+    with_team, without = idp.token(STRANGER, groups=[TEAM]), idp.token(STRANGER, groups=["other@example.com"])
+
+    def run(token: str) -> list[int]:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+            return [c.get(f"/v3/projects/{PROJECT}").status_code for _ in range(25)]
+
+    with ThreadPoolExecutor(4) as pool:
+        runs = [pool.submit(run, t) for t in (with_team, without, with_team, without)]
+        got = [f.result() for f in runs]
+    assert got[0] == got[2] == [200] * 25
+    assert got[1] == got[3] == [403] * 25
+
+
 def test_groups_of_other_domains_are_not_mapped(server: Server, idp: IdP) -> None:
     # the group is granted, but an IdP cannot speak for groups outside its allowed domains
     assert _get(server, idp.token(STRANGER, groups=["ml-team@evil.test"])).status_code == 403

@@ -11,8 +11,10 @@ import base64
 import hashlib
 import hmac
 import json
+import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from google.auth.transport.requests import AuthorizedSession, Request
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 
-from conftest import Server
+from conftest import KEYCARD, Server
 
 PROJECT = "wif-proj-1"
 ALLOW_SUBJECT, ALLOW_GROUP, ALLOW_ATTR, ALLOW_POOL, NOBODY = (
@@ -346,6 +348,62 @@ def test_group_membership_follows_the_token_not_the_subject(tmp_path: Path, worl
     without = external_account(tmp_path, world, subject_token(world.audience("ci-pool", "ci-oidc"), sub="carol"))
     without.refresh(Request())
     assert project_get(without, world, ALLOW_GROUP) == 403
+
+
+def test_two_tokens_of_one_subject_with_different_claims_used_concurrently(world: World) -> None:
+    """Principal sets travel with the request: the same subject's two live tokens — one in group
+    deployers, the other with attribute env=prod — used at the same moment each reach only what their
+    own sets are granted (nothing about the subject is remembered between requests)."""
+    aud = world.audience("ci-pool", "ci-oidc")
+    deployer = world.exchange("ci-pool", "ci-oidc", subject_token(aud, sub="frank", groups=["deployers"], env="dev"))
+    prod = world.exchange("ci-pool", "ci-oidc", subject_token(aud, sub="frank", groups=["testers"], env="prod"))
+    tokens = {"deployer": deployer.json()["access_token"], "prod": prod.json()["access_token"]}
+    want = {"deployer": {ALLOW_GROUP: 200, ALLOW_ATTR: 403, ALLOW_POOL: 200},
+            "prod": {ALLOW_GROUP: 403, ALLOW_ATTR: 200, ALLOW_POOL: 200}}
+
+    def run(who: str) -> list[str]:
+        wrong = []
+        with httpx.Client(base_url=world.server.url, headers={"Authorization": f"Bearer {tokens[who]}"},
+                          timeout=30) as c:
+            for _ in range(15):
+                for project, code in want[who].items():
+                    got = c.get(f"/v3/projects/{project}").status_code
+                    if got != code:
+                        wrong.append(f"{who} {project}: {got}")
+        return wrong
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, ["deployer", "prod", "deployer", "prod"]))
+    assert results == [[], [], [], []]
+
+
+def test_exchange_is_audited_without_token_material(server: Server, world: World) -> None:
+    """Each exchange writes a Data Access entry like Google's sts.googleapis.com ExchangeToken log: the
+    federated principal, the provider, the mapped attributes — and neither token."""
+    aud = world.audience("ci-pool", "ci-oidc")
+    subject = subject_token(aud, sub="audited-gina", groups=["deployers"], env="prod")
+    r = world.exchange("ci-pool", "ci-oidc", subject)
+    assert r.status_code == 200, r.text
+    access = r.json()["access_token"]
+    out = subprocess.run([*KEYCARD, "logs", "read", 'protoPayload.serviceName="sts.googleapis.com"', "--format",
+                          "json", "--limit", "1000", "--database", server.database],
+                         check=True, capture_output=True, text=True).stdout
+    entries = [e for e in json.loads(out)
+               if e["protoPayload"].get("authenticationInfo", {}).get("principalSubject")
+               == world.subject("ci-pool", "audited-gina")]
+    assert len(entries) == 1, out[:2000]
+    p = entries[0]["protoPayload"]
+    assert entries[0]["logName"].endswith("/logs/cloudaudit.googleapis.com%2Fdata_access")
+    assert p["methodName"] == "google.identity.sts.v1.SecurityTokenService.ExchangeToken"
+    assert p["resourceName"] == f"{world.pool('ci-pool')}/providers/ci-oidc"
+    assert p["request"]["audience"] == aud and p["request"]["subjectTokenType"] == JWT_TYPE
+    assert p["metadata"]["mapAttributes"] == {"google.subject": "audited-gina", "google.groups": ["deployers"],
+                                              "attribute.env": "prod"}
+    everything = subprocess.run([*KEYCARD, "logs", "read", "--format", "json", "--limit", "100000", "--database",
+                                 server.database], check=True, capture_output=True, text=True).stdout
+    for what, secret in {"subject token": subject, "subject token signature": subject.rsplit(".", 1)[1],
+                         "access token": access, "access token signature": access.rsplit(".", 1)[1]}.items():
+        assert secret not in everything, f"{what} found in the audit log"
 
 
 def test_sts_response_shape_and_lifetime_bounded_by_the_subject_token(world: World) -> None:

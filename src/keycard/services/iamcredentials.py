@@ -56,6 +56,7 @@ from keycard.errors import Aborted, FailedPrecondition, InvalidArgument, NotFoun
 from keycard.identity.registry import ServiceAccount
 from keycard.identity.tokens import KeySet
 from keycard.services.common import Caller, Services
+from keycard.services.credential_audit import audit_iam_credentials
 from keycard.store.base import Delete, Expect, Put
 
 __all__ = ["DEFAULT_LIFETIME", "EXTENDED_MAX_LIFETIME", "LIFETIME_CONSTRAINT", "MAX_LIFETIME", "SERVICE",
@@ -250,6 +251,7 @@ def generate_access_token(svc: Services, caller: Caller, keys: KeySet, project: 
     if fed is not None:
         extra["fed"] = fed
     at = keys.mint(target.member, now=svc.clock(), lifetime=lifetime, scopes=scopes, extra=extra)
+    audit_iam_credentials(svc, caller, method="GenerateAccessToken", target=target, delegates=delegates, body=body)
     return {"accessToken": at.token, "expireTime": at.expires_at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
@@ -273,7 +275,7 @@ def generate_id_token(svc: Services, caller: Caller, keys: KeySet, issuer: str, 
     for flag in ("includeEmail", "organizationNumberIncluded"):
         if not isinstance(body.get(flag, False), bool):
             raise InvalidArgument(f"Invalid {flag}: expected true or false.", field=flag)
-    target = _chain(svc, caller, project, account, body, "iam.serviceAccounts.getOpenIdToken")[0]
+    target, delegates = _chain(svc, caller, project, account, body, "iam.serviceAccounts.getOpenIdToken")
     extra: dict[str, Any] = {"azp": target.unique_id}
     if body.get("includeEmail"):
         extra.update(email=target.email, email_verified=True)
@@ -282,6 +284,7 @@ def generate_id_token(svc: Services, caller: Caller, keys: KeySet, issuer: str, 
         extra["google"] = {"organization_number": int(number) if number else None}
     token = keys.mint_id_token(issuer=issuer, subject=target.unique_id, audience=audience.strip(), now=svc.clock(),
                                lifetime=ID_TOKEN_LIFETIME, extra=extra)
+    audit_iam_credentials(svc, caller, method="GenerateIdToken", target=target, delegates=delegates, body=body)
     return {"token": token}
 
 
@@ -426,12 +429,13 @@ def sign_jwt(svc: Services, caller: Caller, cache: SystemKeys, project: str, acc
     elif exp > now + SIGNED_JWT_MAX_AHEAD:
         raise InvalidArgument("Invalid payload: exp may be at most 12 hours in the future.", field="payload",
                               reason="JWT_LIFETIME_TOO_LONG")
-    target = _chain(svc, caller, project, account, body, "iam.serviceAccounts.signJwt")[0]
+    target, delegates = _chain(svc, caller, project, account, body, "iam.serviceAccounts.signJwt")
     key_id, private = signing_key(svc, caller, target, cache)
     header = {"alg": "RS256", "kid": key_id, "typ": "JWT"}
     signing_input = (_b64url(json.dumps(header, separators=(",", ":")).encode()) + "."
                      + _b64url(json.dumps(claims, separators=(",", ":")).encode()))
     signature = _sign(private, signing_input.encode())
+    audit_iam_credentials(svc, caller, method="SignJwt", target=target, delegates=delegates, body=body, key_id=key_id)
     return {"keyId": key_id, "signedJwt": f"{signing_input}.{_b64url(signature)}"}
 
 
@@ -463,7 +467,13 @@ def sign_blob(svc: Services, caller: Caller, cache: SystemKeys, project: str, ac
     else:
         _wildcard_only(project)
         data = _bytes(body.get("payload"), "payload")
-    target = _chain(svc, caller, project, account, body, "iam.serviceAccounts.signBlob")[0]
+    target, delegates = _chain(svc, caller, project, account, body, "iam.serviceAccounts.signBlob")
     key_id, private = signing_key(svc, caller, target, cache)
     signature = base64.b64encode(_sign(private, data)).decode()
+    if legacy:                                           # IAM v1 projects.serviceAccounts.signBlob
+        audit_iam_credentials(svc, caller, method="google.iam.admin.v1.SignBlob", target=target, delegates=[],
+                              body=body, key_id=key_id, service="iam.googleapis.com")
+    else:
+        audit_iam_credentials(svc, caller, method="SignBlob", target=target, delegates=delegates, body=body,
+                              key_id=key_id)
     return {"keyId": key_id, "signature": signature} if legacy else {"keyId": key_id, "signedBlob": signature}

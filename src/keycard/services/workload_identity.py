@@ -47,6 +47,7 @@ from keycard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, N
 from keycard.identity.registry import parse_time
 from keycard.identity.tokens import KeySet
 from keycard.services.common import Caller, Services, parse_page_size, rfc3339
+from keycard.services.credential_audit import audit_sts_exchange
 from keycard.store.base import Expect, Put, Record
 
 __all__ = ["POOL_KIND", "PROVIDER_KIND", "StsError", "create_pool", "create_provider", "delete_pool",
@@ -813,6 +814,8 @@ def exchange_token(svc: Services, keys: KeySet, body: object) -> dict[str, Any]:
     if attrs:
         extra["attr"] = attrs
     at = keys.mint(principal, now=now, lifetime=lifetime, scopes=scopes, extra=extra)
+    audit_sts_exchange(svc, principal=principal, provider=provider_name, request=req, subject=subject, groups=groups,
+                       attributes=attrs, lifetime=lifetime)
     return {"access_token": at.token, "issued_token_type": ACCESS_TOKEN_TYPE, "token_type": "Bearer",
             "expires_in": lifetime}
 

@@ -66,6 +66,8 @@ class Runtime:
         # (kind, name) → (data, its already-parsed form) of a record this replica is writing (set by
         # Services.commit around its commit and catch-up): applying a record with that data need not parse it
         self.parsed: dict[tuple[str, str], tuple[Mapping[str, Any], Any]] = {}
+        # resource records hot read paths serve from memory (projects, ML models and versions: see mirrors())
+        self._records: dict[str, Record] = {}
 
     # -------------------------------------------------------------------------------- loading
     def bootstrap(self) -> None:
@@ -141,6 +143,17 @@ class Runtime:
                 log.exception("change-feed follower failed; retrying")
                 _time.sleep(0.2)
 
+    # -------------------------------------------------------------------------------- mirrored records
+    @staticmethod
+    def mirrors(name: str) -> bool:
+        """Is the ``resource`` record ``name`` kept in memory? Projects, ML models and versions (the
+        records online prediction reads on every request); not operations or jobs, which pile up."""
+        return name.startswith(_PROJECTS) or (name.startswith(_ML_PROJECTS) and "/models/" in name)
+
+    def resource(self, name: str) -> Record | None:
+        """The mirrored ``resource`` record ``name`` as of ``applied`` (for a name ``mirrors`` accepts)."""
+        return self._records.get(name)
+
     # -------------------------------------------------------------------------------- applying
     def _apply_change(self, ch: Change) -> None:
         if ch.kind not in KINDS:
@@ -155,11 +168,14 @@ class Runtime:
         d: Mapping[str, Any] = r.data
         try:
             if r.kind == "resource":
+                if self.mirrors(r.name):
+                    self._records[r.name] = r
                 e.add_resource(r.name, r.parent)
                 pid = d.get("projectId")
                 if isinstance(pid, str) and r.name.startswith("//cloudresourcemanager.googleapis.com/projects/"):
                     e.set_project_id(r.name, pid)
                     self._project_ids[r.name] = pid
+                    self._project_names[pid] = r.name
                     self._convenience(r.name, self._project_policies.get(r.name, {}))
             elif r.kind == "iam_policy":
                 if _has_convenience(d):
@@ -175,7 +191,6 @@ class Runtime:
                 e.put_role({**_role_json(d), "deleted": bool(d.get("deleted")) or r.deleted})
             elif r.kind == "group":
                 email = str(d.get("groupKey", {}).get("id", ""))
-                    self._project_names[pid] = r.name
                 members = [] if r.deleted else [str(m) for m in d.get("keycardMembers", [])]
                 if email:
                     self._group_emails[r.name] = email
@@ -242,10 +257,19 @@ class Runtime:
         out["bindings"] = bindings
         return out
 
+    def _basic_of(self, pid: str) -> dict[str, tuple[str, ...]]:
+        """Convenience value → members of project ``pid``'s basic-role bindings (cached per project)."""
+        members = self._basic.get(pid)
+        if members is None:
+            project = self._project_names.get(pid, "")
+            members = self._basic[pid] = _basic_sets(self._project_policies.get(project, {}))
+        return members
+
     def _apply_delete(self, kind: str, name: str) -> None:
         e = self.engine
         try:
             if kind == "resource":
+                self._records.pop(name, None)
                 e.remove_resource(name)
             elif kind == "iam_policy":
                 e.set_iam_policy(name, {"bindings": []}, unknown_roles="ignore")
@@ -257,14 +281,6 @@ class Runtime:
             elif kind in IDENTITY_KINDS:
                 acct = self.identities.accounts.get(name) if kind == "service_account" else None
                 self.identities.remove(kind, name)
-    def _basic_of(self, pid: str) -> dict[str, tuple[str, ...]]:
-        """Convenience value → members of project ``pid``'s basic-role bindings (cached per project)."""
-        members = self._basic.get(pid)
-        if members is None:
-            project = self._project_names.get(pid, "")
-            members = self._basic[pid] = _basic_sets(self._project_policies.get(project, {}))
-        return members
-
                 if acct is not None:
                     e.remove_resource(acct.resource)
             elif kind == "org_policy":
@@ -283,9 +299,11 @@ class Runtime:
 
 
 _CONVENIENCE = (("roles/owner", "projectOwner"), ("roles/editor", "projectEditor"), ("roles/viewer", "projectViewer"))
+_CONVENIENCE_OF = dict(_CONVENIENCE)
 
 
 _PROJECTS = "//cloudresourcemanager.googleapis.com/projects/"
+_ML_PROJECTS = "//ml.googleapis.com/projects/"
 
 
 def _has_convenience(policy: Mapping[str, Any]) -> bool:
@@ -306,7 +324,6 @@ def _basic_sets(policy: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
 
 
 def _strip_etag(d: Mapping[str, Any]) -> dict[str, Any]:
-_CONVENIENCE_OF = dict(_CONVENIENCE)
     return {k: v for k, v in d.items() if k != "etag"}
 
 

@@ -7,6 +7,7 @@ becomes a 500 with no traceback in the response (the log has it).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -122,6 +123,8 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
             ctx = RequestContext(request, caller, dict(request.query_params), body, request.headers)
             if route.inline:
                 result = route.handler(app_state, ctx, **params)
+                if inspect.isawaitable(result):   # an inline handler handing slow work to the threadpool
+                    result = await result
             else:
                 result = await run_in_threadpool(route.handler, app_state, ctx, **params)
             response: Response

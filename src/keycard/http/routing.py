@@ -31,7 +31,7 @@ class Route:
     query: tuple[str, ...] = ()
     public: bool = False            # no authentication (health, discovery of keys)
     read_log: str | None = None     # Data Access log type of a read: ADMIN_READ or DATA_READ (None: infer)
-    inline: bool = False            # the handler only reads the in-memory engine: run it on the event loop
+    inline: bool = False            # run on the event loop (in-memory work only; may return an awaitable)
     raw_body: bool = False          # pass the body as bytes (media uploads), up to MAX_UPLOAD
     regex: re.Pattern[str] = field(init=False, compare=False, repr=False)
 

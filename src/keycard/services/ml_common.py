@@ -47,7 +47,7 @@ def project(svc: Services, caller: Caller, ident: str, permission: str | None = 
     fn = resolve_project(svc, ident)
     if permission is not None:
         svc.authorize(caller, permission, fn, service=SERVICE, shown=shown_project(ident))
-    rec = svc.runtime.store.get("resource", fn)
+    rec = resource(svc, fn)
     if rec is None or rec.data.get("state") != "ACTIVE":
         raise NotFound(f"Project projects/{ident} not found.", field="name")
     return Project(fn, str(rec.data["projectId"]), fn.rsplit("/", 1)[1], ident)
@@ -60,8 +60,15 @@ def ml_id(value: object, fld: str, what: str) -> str:
     return value
 
 
+def resource(svc: Services, full: str) -> Record | None:
+    """A ``resource`` record: projects, models and versions from the runtime's in-memory mirror (kept by the
+    change feed: this replica's own writes are in it when they answer), anything else from the store."""
+    runtime = svc.runtime
+    return runtime.resource(full) if runtime.mirrors(full) else runtime.store.get("resource", full)
+
+
 def stored(svc: Services, full: str, what: str, shown: str) -> Record:
-    rec = svc.runtime.store.get("resource", full)
+    rec = resource(svc, full)
     if rec is None or rec.deleted:
         raise NotFound(f"{what} {shown} not found.", field="name", reason=f"{what.upper()}_NOT_FOUND")
     return rec

@@ -34,7 +34,7 @@ from keycard.services.service_accounts import ml_service_agent_email, require_ac
 from keycard.services.storage import bucket_full, object_full
 from keycard.store.base import Delete, Expect, Put, Record
 
-__all__ = ["DEPLOY_PERMISSIONS", "MAX_PREDICT_BYTES", "create_version", "predict"]
+__all__ = ["DEPLOY_PERMISSIONS", "MAX_PREDICT_BYTES", "Prediction", "create_version", "prepare_predict"]
 
 DEPLOY_PERMISSIONS = ("storage.buckets.list", "storage.objects.get")
 MAX_PREDICT_BYTES = 1_500_000           # Google's online prediction request limit (1.5 MB)
@@ -294,8 +294,40 @@ def delete_version(svc: Services, caller: Caller, ident: str, model: str, versio
 
 # ----------------------------------------------------------------------------- online prediction
 
-def predict(svc: Services, caller: Caller, ident: str, model: str, version: str | None, raw: bytes | Any
-            ) -> dict[str, Any]:
+INLINE_INSTANCES = 64       # a cached model answers this many instances faster than a threadpool round trip
+
+
+class Prediction:
+    """An authorized, validated online prediction, ready to run: ``cheap`` when its model is loaded
+    and the request small (run it where it is, e.g. on the event loop), else run it on a worker thread
+    (loading the model reads the store and the object files)."""
+
+    __slots__ = ("_identity", "_instances", "_key", "_loaded", "_svc", "_vrec", "cheap")
+
+    def __init__(self, svc: Services, vrec: Record, identity: str, instances: Any) -> None:
+        self._svc, self._vrec, self._identity, self._instances = svc, vrec, identity, instances
+        self._key = (vrec.name, str(vrec.revision))
+        self._loaded = _cache(svc).get(self._key)
+        self.cheap = self._loaded is not None and (not isinstance(instances, list)
+                                                   or len(instances) <= INLINE_INSTANCES)
+
+    def __call__(self) -> dict[str, Any]:
+        loaded = self._loaded
+        if loaded is None:
+            bucket, prefix = _gs(self._vrec.data.get("deploymentUri"))
+            loaded = _deploy(self._svc, self._identity, str(self._vrec.data["framework"]), bucket, prefix)
+            _cache(self._svc).put(self._key, loaded)
+        try:
+            return {"predictions": loaded.predict(self._instances)}
+        except PredictionError as e:
+            raise InvalidArgument(f"Prediction failed: {e}.", field="instances", reason="PREDICTION_FAILED") from None
+
+
+def prepare_predict(svc: Services, caller: Caller, ident: str, model: str, version: str | None, raw: bytes | Any
+                    ) -> Prediction:
+    """Authorize (ml.models.predict on the model, or ml.versions.predict on a named version) before
+    looking anything up, then resolve the version to run — project, model and version come from the
+    runtime's in-memory mirror, so this touches neither the store nor the disk."""
     proj = project(svc, caller, ident)
     mfull = proj.full(f"models/{model}")
     if version is None:
@@ -317,16 +349,8 @@ def predict(svc: Services, caller: Caller, ident: str, model: str, version: str 
                                  + (f": {vrec.data['errorMessage']}" if vrec.data.get("errorMessage") else "."),
                                  reason="VERSION_NOT_READY")
     body = _predict_body(raw)
-    loaded = _cache(svc).get((vfull, str(vrec.revision)))
-    if loaded is None:
-        bucket, prefix = _gs(vrec.data.get("deploymentUri"))
-        sa = vrec.data.get("serviceAccount") or ml_service_agent_email(proj.number)
-        loaded = _deploy(svc, f"serviceAccount:{sa}", str(vrec.data["framework"]), bucket, prefix)
-        _cache(svc).put((vfull, str(vrec.revision)), loaded)
-    try:
-        return {"predictions": loaded.predict(body["instances"])}
-    except PredictionError as e:
-        raise InvalidArgument(f"Prediction failed: {e}.", field="instances", reason="PREDICTION_FAILED") from None
+    sa = vrec.data.get("serviceAccount") or ml_service_agent_email(proj.number)
+    return Prediction(svc, vrec, f"serviceAccount:{sa}", body["instances"])
 
 
 def _predict_body(raw: bytes | Any) -> dict[str, Any]:

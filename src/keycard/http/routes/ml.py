@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+
 from keycard.errors import InvalidArgument
-from keycard.http.app import RequestContext
+from keycard.http.app import App, RequestContext
 from keycard.http.routing import Route, Router
 from keycard.services import iam_policy
 from keycard.services import ml_jobs as jobs
@@ -25,6 +27,14 @@ def _predict_body(ctx: RequestContext) -> Any:
                               f"{versions.MAX_PREDICT_BYTES} bytes; use a batch prediction job.", field="instances",
                               reason="REQUEST_TOO_LARGE")
     return ctx.body
+
+
+def _predict(app: App, ctx: RequestContext, project: str, model: str, version: str | None = None) -> Any:
+    """projects.predict on the event loop (routed inline): checks and lookups are in memory, and a loaded
+    model answers a small request faster than a threadpool round trip; loading a model or a large request
+    goes to a worker thread."""
+    job = versions.prepare_predict(app.services, ctx.caller, project, model, version, _predict_body(ctx))
+    return job() if job.cheap else run_in_threadpool(job)
 
 
 def iam_routes(router: Router, kind: str, base: str) -> None:
@@ -81,12 +91,10 @@ def register(router: Router) -> None:
         app.services, ctx.caller, project, model, version), "models.versions.setDefault", "ml.models.update",
         body=True)
     # -------------------------------------------------------------------------------- predict
-    add("POST", _M + ":predict", lambda app, ctx, project, model: versions.predict(
-        app.services, ctx.caller, project, model, None, _predict_body(ctx)), "predict", "ml.models.predict",
-        body=True, read_log="DATA_READ")
-    add("POST", _V + ":predict", lambda app, ctx, project, model, version: versions.predict(
-        app.services, ctx.caller, project, model, version, _predict_body(ctx)), "versions.predict",
-        "ml.versions.predict", body=True, read_log="DATA_READ")
+    add("POST", _M + ":predict", _predict, "predict", "ml.models.predict", body=True, read_log="DATA_READ",
+        inline=True)
+    add("POST", _V + ":predict", _predict, "versions.predict", "ml.versions.predict", body=True,
+        read_log="DATA_READ", inline=True)
     # ----------------------------------------------------------------------------- operations
     add("GET", _P + "/operations", lambda app, ctx, project: models.list_operations(
         app.services, ctx.caller, project, ctx.query), "operations.list", "ml.operations.list",

@@ -245,3 +245,49 @@ def test_oversized_prediction_request_is_400(server: Server, world: dict[str, An
     with server.client() as c:
         r = c.post(f"/v1/projects/{PROJECT}/models/iris:predict", json=big)
     assert r.status_code == 400 and "batch prediction" in r.text
+
+
+def test_predict_follows_set_default_patch_and_delete(server: Server, world: dict[str, Any],
+                                                     sk_model: LogisticRegression) -> None:
+    """Predict reads models and versions from the server's in-memory mirror: every write is seen by the
+    very next prediction."""
+    flipped = LogisticRegression().fit(X, 1 - Y)
+    buf = io.BytesIO()
+    joblib.dump(flipped, buf)
+    gcs(server).bucket(BUCKET).blob("flipped/model.joblib").upload_from_string(buf.getvalue())
+    api = ml(server).projects()
+    api.models().create(parent=f"projects/{PROJECT}", body={"name": "switch"}).execute()
+    assert "error" not in _version(server, "switch", "a", f"gs://{BUCKET}/sk/")
+    assert "error" not in _version(server, "switch", "b", f"gs://{BUCKET}/flipped/")
+    model, body = f"projects/{PROJECT}/models/switch", {"instances": X.tolist()}
+    plain, inverted = sk_model.predict(X).tolist(), flipped.predict(X).tolist()
+    assert plain != inverted
+    assert api.predict(name=model, body=body).execute()["predictions"] == plain        # a: the first, default
+    api.models().versions().setDefault(name=f"{model}/versions/b", body={}).execute()
+    assert api.predict(name=model, body=body).execute()["predictions"] == inverted     # b now
+    api.models().versions().patch(name=f"{model}/versions/b", body={"description": "flipped"},
+                                  updateMask="description").execute()
+    assert api.predict(name=model, body=body).execute()["predictions"] == inverted
+    api.models().versions().setDefault(name=f"{model}/versions/a", body={}).execute()
+    assert api.predict(name=model, body=body).execute()["predictions"] == plain
+    api.models().versions().delete(name=f"{model}/versions/b").execute()
+    with pytest.raises(HttpError) as e:
+        api.predict(name=f"{model}/versions/b", body=body).execute()
+    assert status(e) == 404
+    api.models().versions().delete(name=f"{model}/versions/a").execute()
+    with pytest.raises(HttpError) as e:
+        api.predict(name=model, body=body).execute()
+    assert status(e) == 400 and "no default version" in str(e.value)
+    api.models().delete(name=model).execute()
+    with pytest.raises(HttpError) as e:
+        api.predict(name=model, body=body).execute()
+    assert status(e) == 404
+
+
+def test_large_prediction_runs_off_the_event_loop(server: Server, world: dict[str, Any],
+                                                  sk_model: LogisticRegression) -> None:
+    """Over versions.INLINE_INSTANCES instances the prediction is handed to a worker thread: same answer."""
+    rows = np.tile(X, (50, 1))
+    out = ml(server).projects().predict(name=f"projects/{PROJECT}/models/iris",
+                                        body={"instances": rows.tolist()}).execute()
+    assert out["predictions"] == sk_model.predict(rows).tolist()

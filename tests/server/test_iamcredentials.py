@@ -460,6 +460,46 @@ def test_system_key_private_half_stays_out_of_apis_and_audit(server: Server, wor
         store.close()
 
 
+def test_every_method_is_audited_without_token_material(server: Server, world: dict[str, str]) -> None:
+    """generateAccessToken, generateIdToken, signJwt and signBlob each write a Data Access entry naming the
+    caller, the account and the delegation chain; no token, signature or signed payload reaches the log."""
+    from keycard.store.sql import open_store
+    with server.client() as c:
+        r = c.post(f"/v1/projects/{PROJECT}/serviceAccounts", json={"accountId": "audited-sa"})
+        assert r.status_code == 200, r.text
+        sa, uid = r.json()["email"], r.json()["uniqueId"]
+    grant(server, sa_path(sa), f"user:{ALICE}", TOKEN_CREATOR)
+    canary_claim, canary_blob = "audit-canary-claim-7f3a", base64.b64encode(b"audit-canary-blob-9c2e").decode()
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.token(ALICE)}"},
+                      timeout=30) as c:
+        outs = {
+            "access token": c.post(f"{sa_path(sa)}:generateAccessToken", json={"scope": SCOPES}).json()["accessToken"],
+            "ID token": c.post(f"{sa_path(sa)}:generateIdToken", json={"audience": "https://a.example"}).json()["token"],
+            "signed JWT": c.post(f"{sa_path(sa)}:signJwt",
+                                 json={"payload": json.dumps({"sub": canary_claim})}).json()["signedJwt"],
+            "signed blob": c.post(f"{sa_path(sa)}:signBlob", json={"payload": canary_blob}).json()["signedBlob"],
+        }
+    store = open_store(server.database)
+    try:
+        audit = [e.entry for e in store.audit(limit=100_000)]
+    finally:
+        store.close()
+    mine = [e["protoPayload"] for e in audit
+            if e["protoPayload"].get("serviceName") == "iamcredentials.googleapis.com"
+            and e["protoPayload"].get("resourceName") == f"projects/-/serviceAccounts/{uid}"]
+    assert sorted(p["methodName"] for p in mine) == ["GenerateAccessToken", "GenerateIdToken", "SignBlob", "SignJwt"]
+    for p in mine:
+        assert p["authenticationInfo"] == {"principalEmail": ALICE}
+        assert p["metadata"]["identityDelegationChain"] == [f"projects/-/serviceAccounts/{sa}"]
+        assert any(a["permission"].startswith("iam.serviceAccounts.") and a["granted"]
+                   for a in p["authorizationInfo"])
+    text = json.dumps(audit)
+    secrets = {**outs, **{f"{k} signature": v.rsplit(".", 1)[-1] for k, v in outs.items() if "." in v},
+               "signJwt payload claim": canary_claim, "signBlob payload": canary_blob}
+    for what, secret in secrets.items():
+        assert secret not in text, f"{what} found in the audit log"
+
+
 def test_federated_caller_needs_workload_identity_user(server: Server, world: dict[str, str]) -> None:
     """A workload identity federation principal impersonates with roles/iam.workloadIdentityUser."""
     number = httpx.get(f"{server.url}/v3/projects/{PROJECT}",

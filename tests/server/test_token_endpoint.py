@@ -265,6 +265,50 @@ def test_key_last_use_is_recorded_once_a_minute(server: Server) -> None:
         assert ok(c.get(key_path))["keycardLastUsedTime"] == used
 
 
+def test_self_signed_jwt_bearer_records_key_last_use_once_a_minute(server: Server) -> None:
+    """A GAPIC-style self-signed JWT used directly as a bearer is a use of its key, like a grant at /token;
+    the write is throttled (one a minute per key, shared with the token endpoint)."""
+    from keycard.store.sql import open_store
+    with server.client() as c:
+        acct = make_account(c, ALLOWED, "tok-jwt-used")
+        key_file = make_key(c, acct["email"])
+        key_id = key_file["private_key_id"]
+        key_path = f"/v1/projects/-/serviceAccounts/{acct['email']}/keys/{key_id}"
+        assert "keycardLastUsedTime" not in ok(c.get(key_path))
+        creds = service_account.Credentials.from_service_account_info(key_file, scopes=[CLOUD_PLATFORM])
+        creds = creds.with_always_use_jwt_access(True)
+        creds.refresh(Request())
+        before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        assert _api(server, creds.token, ALLOWED) == 403        # no grant: still a use of the key
+        used = None
+        deadline = time.monotonic() + 60                       # written off the request path: wait for it
+        while used is None and time.monotonic() < deadline:
+            used = ok(c.get(key_path)).get("keycardLastUsedTime")
+            if used is None:
+                time.sleep(0.1)
+        assert used is not None, "the key's last use was never recorded"
+        assert before <= dt.datetime.fromisoformat(used.replace("Z", "+00:00")) <= dt.datetime.now(dt.UTC)
+
+    def key_revision() -> int:
+        store = open_store(server.database)
+        try:
+            rec = store.get("sa_key", key_id)
+            assert rec is not None
+            return rec.revision
+        finally:
+            store.close()
+
+    written = key_revision()
+    time.sleep(1.1)                                            # a second write would carry a later time
+    for _ in range(20):
+        assert _api(server, creds.token, ALLOWED) == 403
+    assert post_token(server, assertion(key_file)).status_code == 200    # the token endpoint shares the throttle
+    time.sleep(2)                                              # room for a (wrong) background write to land
+    assert key_revision() == written
+    with server.client() as c:
+        assert ok(c.get(key_path))["keycardLastUsedTime"] == used
+
+
 # ------------------------------------------------------------------------- secrets are never kept
 def test_private_key_and_assertion_never_stored_or_logged(server: Server) -> None:
     with server.client() as c:

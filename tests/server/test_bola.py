@@ -242,6 +242,21 @@ CASES.update({
 })
 
 # ------------------------------------------------------------------------------------ IAM Credentials
+# ------------------------------------------------------------- IAP web resources (keycard proxy, issue 7)
+# IAP resources need no creation: the name places them under the project, so PROJECT is the swap.
+_IAP = "/v1/projects/{PROJECT}/iap_web/compute/services/bola-svc"
+_IAP_POLICY = {"policy": {"bindings": [{"role": "roles/iap.httpsResourceAccessor", "members": [f"user:{STRANGER}"]}]}}
+for _base, _op in ((_IAP, "iap"), ("/v1/projects/{PROJECT}/iap_web", "iap.web")):
+    CASES[f"{_op}.getIamPolicy"] = Case("POST", f"{_base}:getIamPolicy", ("PROJECT",), body={})
+    CASES[f"{_op}.setIamPolicy"] = Case("POST", f"{_base}:setIamPolicy", ("PROJECT",), body=_IAP_POLICY)
+    CASES[f"{_op}.testIamPermissions"] = Case("POST", f"{_base}:testIamPermissions", ("PROJECT",),
+                                              body={"permissions": ["iap.webServiceVersions.accessViaIAP"]},
+                                              expect="same")
+CASES["iap.keycardCheckAccess"] = Case("POST", f"{_IAP}:keycardCheckAccess", ("PROJECT",),
+                                       body={"credential": None, "request": {"path": "/", "host": "h"}})
+CASES["iap.keycardRecordAccess"] = Case("POST", f"{_IAP}:keycardRecordAccess", ("PROJECT",), body={"entries": []})
+
+
 _IC = "/v1/projects/-/serviceAccounts/{SAEMAIL}"
 _ICO = "iamcredentials.projects.serviceAccounts"
 CASES.update({
@@ -343,6 +358,23 @@ for _verb in ("keycardAddIamPolicyBinding", "keycardRemoveIamPolicyBinding"):
         "binding": {"role": "roles/storage.objectViewer", "members": [f"user:{STRANGER}"]}})
 
 
+# ------------------------------------------------------------------------- Cloud Asset v1, Logging v2
+_CAI = "/v1/projects/{PROJECT}"
+CASES.update({
+    "cloudasset.analyzeIamPolicy": Case("GET", _CAI + ":analyzeIamPolicy", ("PROJECT",), query={
+        "analysisQuery.resourceSelector.fullResourceName": "//cloudresourcemanager.googleapis.com/projects/{PROJECT}"}),
+    "cloudasset.searchAllIamPolicies": Case("GET", _CAI + ":searchAllIamPolicies", ("PROJECT",),
+                                            query={"query": "policy:mallory"}),
+    "cloudasset.searchAllResources": Case("GET", _CAI + ":searchAllResources", ("PROJECT",),
+                                          query={"query": "name:{PROJECT}"}),
+    "cloudasset.exportAssets": Case("POST", _CAI + ":exportAssets", ("PROJECT", "BUCKET"), body={
+        "contentType": "RESOURCE", "outputConfig": {"gcsDestination": {"uri": "gs://{BUCKET}/mallory.json"}}}),
+    "cloudasset.operations.get": Case("GET", _CAI + "/operations/ExportAssets/{CAIOP}", ("PROJECT", "CAIOP")),
+    "logging.entries.list": Case("POST", "/v2/entries:list", ("PROJECT",),
+                                 body={"resourceNames": ["projects/{PROJECT}"]}),
+})
+
+
 def _router() -> Router:
     router = Router()
     routes.register(router)
@@ -435,6 +467,10 @@ def world(server: Server) -> dict[str, dict[str, str]]:
               json={"oidc": {"issuerUri": "https://bola.idp.test", "clientIds": ["b"],
                              "jwksUri": "https://bola.idp.test/jwks"}}))
     existing["IDP"], missing["IDP"] = "bola-sso", "gone-sso"
+    cai = ok(c.post("/v1/projects/bola-proj-1:exportAssets", json={
+        "contentType": "IAM_POLICY", "outputConfig": {"gcsDestination": {"uri": "gs://bola-bucket-1/cai.json"}}}))
+    existing["CAIOP"] = cai["name"].rsplit("/", 1)[1]
+    missing["CAIOP"] = _other_id(existing["CAIOP"])
     wip = ok(c.post("/v1/projects/bola-proj-1/locations/global/workloadIdentityPools",
                     params={"workloadIdentityPoolId": "bola-pool"}, json={}))
     wipp = ok(c.post(f"/v1/{wip['response']['name']}/providers", params={"workloadIdentityPoolProviderId": "bola-prov"},

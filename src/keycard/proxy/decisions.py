@@ -1,0 +1,179 @@
+"""The proxy's side of keycard: decisions (cached ≤ 1 s), the audit of cached ones, its own credential.
+
+The proxy never opens keycard's database: it asks ``POST /v1/{resource}:keycardCheckAccess`` with
+its own bearer (a keycard token, or a self-signed JWT made from a service-account key file every
+50 minutes) and needs ``iap.webServices.getSettings`` on the resource. A decision is cached per
+(credential, host, path) for at most ``ttl`` seconds, so a revoked grant or a disabled account stops
+traffic within that time; concurrent misses of one key share one call. Requests answered from the
+cache are queued and sent to ``:keycardRecordAccess`` every ``flush_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = ["Credential", "Decision", "Decisions", "KeycardUnavailable"]
+
+MAX_TTL = 1.0
+_CACHE_LIMIT = 50_000
+_BATCH = 2000
+
+
+class KeycardUnavailable(Exception):
+    """keycard could not be asked (network, 5xx, or the proxy's own credential was refused)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    decision: str                         # ALLOW | DENY | UNAUTHENTICATED
+    principal: str | None = None
+    email: str = ""
+    user_id: str = ""
+    assertion: str = ""
+    message: str = ""
+    permission: str = ""
+    resource: str = ""
+    sign_in: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Decision:
+        return cls(str(data.get("decision", "UNAUTHENTICATED")), data.get("principal"), str(data.get("email", "")),
+                   str(data.get("userId", "")), str(data.get("assertion", "")), str(data.get("message", "")),
+                   str(data.get("permission", "")), str(data.get("resource", "")), data.get("signIn"))
+
+
+class Credential:
+    """The proxy's own bearer for keycard: a fixed token, or a key file's self-signed JWT (renewed)."""
+
+    def __init__(self, token: str | None = None, key_file: Path | None = None) -> None:
+        if token is None and key_file is None:
+            raise ValueError("the proxy needs --token or --credentials to call keycard")
+        self._token = token
+        self._key_file = key_file
+        self._minted_at = 0.0
+
+    def bearer(self) -> str:
+        if self._key_file is not None and (self._token is None or time.time() - self._minted_at > 3000):
+            from keycard.identity.metadata import bearer_from_key_file
+            self._token = bearer_from_key_file(self._key_file)
+            self._minted_at = time.time()
+        assert self._token is not None
+        return self._token
+
+
+@dataclass(slots=True)
+class Decisions:
+    endpoint: str                          # keycard's URL
+    resource: str                          # projects/P/iap_web/TYPE/services/S
+    credential: Credential
+    audiences: list[str] = field(default_factory=list)
+    ttl: float = 0.5
+    flush_interval: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    _client: httpx.AsyncClient | None = None
+    _cache: dict[tuple[str, str, str], tuple[float, Decision]] = field(default_factory=dict)
+    _inflight: dict[tuple[str, str, str], asyncio.Future[Decision]] = field(default_factory=dict)
+    _pending: list[dict[str, Any]] = field(default_factory=list)
+    _flusher: asyncio.Task[None] | None = None
+    calls: int = 0                         # keycardCheckAccess calls made (for tests and the bench)
+
+    def __post_init__(self) -> None:
+        self.ttl = min(max(self.ttl, 0.0), MAX_TTL)
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(base_url=self.endpoint.rstrip("/"), timeout=10.0,
+                                         limits=httpx.Limits(max_keepalive_connections=20))
+        self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await self.flush()
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def decide(self, credential: str | None, host: str, path: str, method: str, caller_ip: str
+                     ) -> Decision:
+        key = (credential or "", host, path)
+        now = self.clock()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            d = hit[1]
+            if d.decision != "UNAUTHENTICATED":
+                self._pending.append({"principal": d.principal, "decision": d.decision, "callerIp": caller_ip,
+                                      "time": _now(), "request": {"path": path, "host": host, "method": method}})
+            return d
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            d = await self._ask(credential, host, path, method, caller_ip)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = (self.clock() + self.ttl, d)
+            fut.set_result(d)
+            return d
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()              # retrieved: no "never retrieved" warning when nobody waits
+            raise
+        finally:
+            self._inflight.pop(key, None)
+
+    async def _ask(self, credential: str | None, host: str, path: str, method: str, caller_ip: str) -> Decision:
+        assert self._client is not None, "Decisions.start() first"
+        self.calls += 1
+        body = {"credential": credential, "audiences": self.audiences, "callerIp": caller_ip,
+                "request": {"path": path, "host": host, "method": method}}
+        try:
+            r = await self._client.post(f"/v1/{self.resource}:keycardCheckAccess", json=body,
+                                        headers={"Authorization": f"Bearer {self.credential.bearer()}"})
+        except httpx.HTTPError as e:
+            raise KeycardUnavailable(f"keycard at {self.endpoint} did not answer: {e}") from None
+        if r.status_code != 200:
+            raise KeycardUnavailable(f"keycard refused the proxy's decision request ({r.status_code}): "
+                                     f"{_message(r)}")
+        return Decision.from_json(r.json())
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                await self.flush()
+            except Exception:             # keep serving; the next flush retries what is still queued
+                continue
+
+    async def flush(self) -> None:
+        """Send the queued cache-hit records to keycard's audit log."""
+        while self._pending and self._client is not None:
+            batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
+            try:
+                r = await self._client.post(f"/v1/{self.resource}:keycardRecordAccess", json={"entries": batch},
+                                            headers={"Authorization": f"Bearer {self.credential.bearer()}"})
+            except httpx.HTTPError:
+                r = None
+            if r is None or r.status_code >= 500:
+                self._pending[:0] = batch        # keep them for the next try
+                return
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _message(r: httpx.Response) -> str:
+    try:
+        err = r.json().get("error", {})
+        return str(err.get("message") or err)
+    except (ValueError, AttributeError):
+        return r.text[:200]

@@ -448,7 +448,6 @@ def _register_groups() -> None:
     app.add_typer(resource_manager.app, name="resource-manager")
     app.add_typer(projects.app, name="projects")
     __import__("keycard.cli.pac", fromlist=["register"]).register(app)  # plan, apply, export at top level
-    app.command("proxy")(__import__("keycard.cli.proxy", fromlist=["proxy"]).proxy)  # keycard proxy (IAP)
 
 
 _register_groups()

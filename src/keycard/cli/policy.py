@@ -87,7 +87,7 @@ def show_policy(policy: dict[str, Any], fmt: Format, filter_: str | None = None)
                   f"{policy.get('etag', '')}", title_justify="left")
     for r in rows:
         table.add_row(r["role"], r["member"], r["condition"])
-    console.print(table)
+    console.print(table, width=None if console.is_terminal else 250)
 
 
 def _get(client: Client, t: PolicyTarget, ident: str) -> dict[str, Any]:
@@ -147,7 +147,7 @@ def add_policy_commands(app: typer.Typer, t: PolicyTarget) -> None:
         if isinstance(data, dict) and isinstance(data.get("policy"), dict):
             data = data["policy"]
         out = _set(client, t, ident, data, allow_lockout)
-        err.print(f"Updated IAM policy for {t.noun} [{ident}].", highlight=False)
+        err.print(f"Updated IAM policy for {t.noun} [{ident}].", highlight=False, markup=False)
         show_policy(out, fmt)
 
     @app.command("add-iam-policy-binding", help=f"Grant a role to members on a {t.noun} (atomic on the server; "
@@ -159,7 +159,7 @@ def add_policy_commands(app: typer.Typer, t: PolicyTarget) -> None:
         cond = parse_condition(condition, condition_from_file)
         binding: dict[str, Any] = {"role": role, "members": member, **({"condition": cond} if cond else {})}
         out = _modify(client, t, ident, "keycardAddIamPolicyBinding", {"binding": binding}, allow_lockout)
-        err.print(f"Updated IAM policy for {t.noun} [{ident}].", highlight=False)
+        err.print(f"Updated IAM policy for {t.noun} [{ident}].", highlight=False, markup=False)
         show_policy(out, fmt)
 
     @app.command("remove-iam-policy-binding",
@@ -174,5 +174,5 @@ def add_policy_commands(app: typer.Typer, t: PolicyTarget) -> None:
         binding: dict[str, Any] = {"role": role, "members": member, **({"condition": cond} if cond else {})}
         body: dict[str, Any] = {"binding": binding, **({"allConditions": True} if all_ else {})}
         out = _modify(client, t, ident, "keycardRemoveIamPolicyBinding", body, allow_lockout)
-        err.print(f"Updated IAM policy for {t.noun} [{ident}].", highlight=False)
+        err.print(f"Updated IAM policy for {t.noun} [{ident}].", highlight=False, markup=False)
         show_policy(out, fmt)

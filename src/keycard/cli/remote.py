@@ -198,7 +198,7 @@ def show_list(items: Iterable[Any], fmt: Format, columns: Sequence[tuple[str, st
     table = Table(*(h for h, _ in columns), title=title)
     for item in kept:
         table.add_row(*(_cell(item, p) for _, p in columns))
-    console.print(table)
+    console.print(table, width=None if console.is_terminal else 250)
     return kept
 
 
@@ -207,7 +207,7 @@ def show(data: Any, fmt: Format, message: str | None = None) -> None:
     if fmt is not Format.table:
         _emit(data, fmt)
     elif message is not None:
-        console.print(message, highlight=False)
+        console.print(message, highlight=False, markup=False)
     else:
         sys_out = yaml.safe_dump(data, sort_keys=False, allow_unicode=True) if data != {} else ""
         console.print(sys_out.rstrip("\n"), highlight=False, markup=False)

@@ -17,6 +17,7 @@ from keycard.http.app import App, RequestContext
 from keycard.http.routing import Route, Router
 from keycard.services import troubleshooter as ts
 from keycard.services.common import Caller, Services
+from keycard.services.remedy import remedy
 
 SERVICE = "policytroubleshooter.googleapis.com"
 _PROJECT_PREFIX = f"//{names.CRM}/projects/"
@@ -58,7 +59,11 @@ def troubleshoot(svc: Services, caller: Caller, body: Any, *, v3: bool) -> dict[
     extra = caller.extra_members if caller.principal is not None and \
         caller.principal.lower() == at.principal.lower() else frozenset[str]()
     if v3:
-        return ts.troubleshoot_v3(engine, body, time=svc.clock(), extra_members=extra)
+        out = ts.troubleshoot_v3(engine, body, time=svc.clock(), extra_members=extra)
+        if out["overallAccessState"] != "CAN_ACCESS":   # keycard extension: what would grant it
+            out["keycardRemedy"] = remedy(engine, at.principal, at.permission, at.full_resource_name,
+                                          time=at.receive_time or svc.clock())
+        return out
     return ts.troubleshoot_v1(engine, body, time=svc.clock(), extra_members=extra)
 
 

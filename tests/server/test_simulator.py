@@ -42,10 +42,9 @@ def project(server: Server) -> dict[str, Any]:
     assert r.status_code == 200, r.text
     number = c.get(f"/v3/projects/{PROJECT}").json()["name"].split("/")[1]
     pol = c.post(f"/v3/projects/{PROJECT}:getIamPolicy", json={}).json()
-    pol["bindings"] = pol.get("bindings", []) + [
-        {"role": "roles/ml.admin", "members": ["user:bob@example.com"]},
-        {"role": "roles/ml.modelUser", "members": ["user:carol@example.com"]},
-    ]
+    pol["bindings"] = [*pol.get("bindings", []),
+                       {"role": "roles/ml.admin", "members": ["user:bob@example.com"]},
+                       {"role": "roles/ml.modelUser", "members": ["user:carol@example.com"]}]
     r = c.post(f"/v3/projects/{PROJECT}:setIamPolicy", json={"policy": pol})
     assert r.status_code == 200, r.text
     rows = [

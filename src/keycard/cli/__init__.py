@@ -450,6 +450,7 @@ def _register_groups() -> None:
     app.add_typer(iam.app, name="iam")
     __import__("keycard.cli.pac", fromlist=["register"]).register(app)  # plan, apply, export at top level
     app.command("proxy")(__import__("keycard.cli.proxy", fromlist=["proxy"]).proxy)  # keycard proxy (IAP)
+    __import__("keycard.cli.iam_extras", fromlist=["attach"]).attach(app)  # iam recommend/simulate/lint (keep last)
 
 
 _register_groups()

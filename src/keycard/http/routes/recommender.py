@@ -3,6 +3,8 @@
 Paths as in Google's discovery document: ``/v1/{projects|folders|organizations}/{id}/locations/{location}/
 recommenders/google.iam.policy.Recommender/recommendations[/{id}[:markClaimed|…]]`` and
 ``…/insightTypes/google.iam.policy.Insight/insights[/{id}]``. See keycard.services.recommender.
+Also keycard's lint of a subtree: ``GET /v1/{projects|folders|organizations}/{id}:lintIamPolicies``
+(keycard.services.lint).
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ def register(router: Router) -> None:
         node = reco.resolve_node(app.services, kind, ident, "name")
         return reco.get_insight(app.services, ctx.caller, node, location, insight_type, iid)
 
+    def lint(app: App, ctx: RequestContext, kind: str, ident: str) -> Any:
+        from keycard.services.lint import lint_node
+        return lint_node(app.services, ctx.caller, reco.resolve_node(app.services, kind, ident, "name"), ctx.query)
+
+    router.add(Route("GET", "/v1/{kind}/{ident}:lintIamPolicies", lint, "keycard.iam.lint",
+                     "resourcemanager.projects.getIamPolicy", query=("minSeverity",),
+                     summary="keycard's IAM lint of a project, folder or organization and everything below it "
+                             "(needs that node's getIamPolicy permission)."))
     router.add(Route("GET", _R, list_recos, "recommender.recommendations.list",
                      "recommender.iamPolicyRecommendations.list", query=("filter", "pageSize", "pageToken"),
                      summary="IAM recommendations (remove or replace roles) from the access record of the last "

@@ -305,6 +305,29 @@ CASES.update({
     f"{_WIPO}.providers.operations.get": Case("GET", _ONE_WIPP + "/operations/{WIPPOP}", ("WIPPOP", "PROV")),
 })
 
+# Recommender v1, Policy Simulator v1 replays and keycard's lint (ids of the same shape: authorization comes first)
+_RECOS = "/v1/projects/{PROJECT}/locations/global/recommenders/google.iam.policy.Recommender/recommendations"
+_INSIGHTS = "/v1/projects/{PROJECT}/locations/global/insightTypes/google.iam.policy.Insight/insights"
+_REPLAYS = "/v1/projects/{PROJECT}/locations/global/replays"
+_RID, _REPLAY = "0123456789abcdef0123456789abcdef", "0123456789abcdef"
+CASES.update({
+    "recommender.recommendations.list": Case("GET", _RECOS, ("PROJECT",)),
+    "recommender.recommendations.get": Case("GET", f"{_RECOS}/{_RID}", ("PROJECT",)),
+    **{f"recommender.recommendations.{verb}": Case("POST", f"{_RECOS}/{_RID}:{verb}", ("PROJECT",),
+                                                   body={"etag": '"x"'})
+       for verb in ("markClaimed", "markSucceeded", "markFailed", "markDismissed")},
+    "recommender.insights.list": Case("GET", _INSIGHTS, ("PROJECT",)),
+    "recommender.insights.get": Case("GET", f"{_INSIGHTS}/{_RID}", ("PROJECT",)),
+    "keycard.iam.lint": Case("GET", "/v1/projects/{PROJECT}:lintIamPolicies", ("PROJECT",)),
+    "policysimulator.replays.create": Case("POST", _REPLAYS, ("PROJECT",), body={"config": {"policyOverlay": {
+        "//cloudresourcemanager.googleapis.com/projects/{PROJECT}": {}}}}),
+    "policysimulator.replays.get": Case("GET", f"{_REPLAYS}/{_REPLAY}", ("PROJECT",)),
+    "policysimulator.replays.results.list": Case("GET", f"{_REPLAYS}/{_REPLAY}/results", ("PROJECT",)),
+    "policysimulator.replays.operations.get": Case("GET", f"{_REPLAYS}/{_REPLAY}/operations/{_REPLAY}",
+                                                   ("PROJECT",)),
+    "policysimulator.replays.operations.list": Case("GET", f"{_REPLAYS}/{_REPLAY}/operations", ("PROJECT",)),
+})
+
 _SET_POLICY = {"policy": {"bindings": [{"role": "roles/owner", "members": [f"user:{STRANGER}"]}]}}
 for _kind, _key in (("organizations", "ORG"), ("folders", "FOLDER"), ("projects", "PROJECT")):
     _node = f"{_kind}/{{{_key}}}"

@@ -21,7 +21,7 @@ import os
 import re
 import shlex
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +29,8 @@ from typing import Any, Protocol
 import httpx
 import yaml
 
-__all__ = ["ApiError", "Client", "Config", "TokenSource", "config_path", "connect", "resolve_endpoint"]
+__all__ = ["ApiError", "Client", "Config", "TokenSource", "config_path", "connect", "default_project",
+           "resolve_endpoint"]
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 CONFIG_KEYS = {
@@ -38,6 +39,7 @@ CONFIG_KEYS = {
     "user": "user to mint a local token for (on the server's host), e.g. alice@example.com",
     "database": "the server's database (for the local user token), sqlite:///PATH or postgresql://...",
     "data_dir": "the server's data directory (for the local user token; default .keycard)",
+    "project": "default project of commands that take --project",
 }
 
 
@@ -152,6 +154,16 @@ def resolve_endpoint(explicit: str | None, config: Config | None = None) -> str:
         raise ApiError(0, "INVALID_ARGUMENT", f"Invalid endpoint {url!r}: use http://HOST:PORT or https://HOST.",
                        reason="BAD_ENDPOINT")
     return url.rstrip("/")
+
+
+def default_project(explicit: str | None) -> str:
+    """``--project``, else ``KEYCARD_PROJECT``, else config ``project``; an ApiError saying how otherwise."""
+    project = explicit or os.environ.get("KEYCARD_PROJECT") or Config.load().get("project")
+    if not project:
+        raise ApiError(0, "INVALID_ARGUMENT", "Which project?", reason="NO_PROJECT",
+                       hint="Pass --project PROJECT_ID, set KEYCARD_PROJECT, or run "
+                            "`keycard config set project PROJECT_ID`.")
+    return project.removeprefix("projects/")
 
 
 # -------------------------------------------------------------------------------------- credentials
@@ -285,7 +297,7 @@ class Client:
         self.http.close()
 
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
-                content: bytes | None = None, headers: Mapping[str, str] | None = None) -> Any:
+                content: bytes | Iterable[bytes] | None = None, headers: Mapping[str, str] | None = None) -> Any:
         """One call; the decoded JSON answer (``{}`` for an empty body), or :class:`ApiError`."""
         r = self.raw(method, path, params=params, json=json, content=content, headers=headers)
         if not r.content:
@@ -294,7 +306,7 @@ class Client:
         return r.json() if "json" in ctype else r.content
 
     def raw(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
-            content: bytes | None = None, headers: Mapping[str, str] | None = None) -> httpx.Response:
+            content: bytes | Iterable[bytes] | None = None, headers: Mapping[str, str] | None = None) -> httpx.Response:
         h = dict(headers or {})
         if self.creds is not None:
             h["Authorization"] = f"Bearer {self.creds.token()}"
@@ -309,6 +321,25 @@ class Client:
         if r.status_code >= 400:
             raise ApiError.from_response(r)
         return r
+
+    def download(self, path: str, sink: Callable[[bytes], object], *, params: Mapping[str, Any] | None = None,
+                 size: Callable[[int | None], object] | None = None) -> None:
+        """Stream a media body into ``sink`` (``size`` learns Content-Length first), or ApiError."""
+        h = {"Authorization": f"Bearer {self.creds.token()}"} if self.creds is not None else {}
+        try:
+            with self.http.stream("GET", f"{self.endpoint}/{path.lstrip('/')}", params=dict(params or {}),
+                                  headers=h) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise ApiError.from_response(r)
+                if size is not None:
+                    length = r.headers.get("content-length")
+                    size(int(length) if length and length.isdigit() else None)
+                for chunk in r.iter_bytes():
+                    sink(chunk)
+        except httpx.HTTPError as e:
+            raise ApiError(0, "UNAVAILABLE", f"Download from {self.endpoint} failed: {e}", reason="UNREACHABLE"
+                           ) from None
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)

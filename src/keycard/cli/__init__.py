@@ -442,12 +442,14 @@ def idp_remove(provider_id: Annotated[str, typer.Argument(help="Provider id")], 
 
 def _register_groups() -> None:
     """Command groups that live in their own modules under keycard/cli/ (one line each)."""
-    from keycard.cli import config, iam, organizations, projects, resource_manager
+    from keycard.cli import config, iam, ml, organizations, projects, resource_manager, storage
     app.add_typer(config.app, name="config")
     app.add_typer(organizations.app, name="organizations")
     app.add_typer(resource_manager.app, name="resource-manager")
     app.add_typer(projects.app, name="projects")
     app.add_typer(iam.app, name="iam")
+    app.add_typer(ml.app, name="ai-platform")
+    app.add_typer(storage.app, name="storage")
     __import__("keycard.cli.pac", fromlist=["register"]).register(app)  # plan, apply, export at top level
     app.command("proxy")(__import__("keycard.cli.proxy", fromlist=["proxy"]).proxy)  # keycard proxy (IAP)
     __import__("keycard.cli.iam_extras", fromlist=["attach"]).attach(app)  # iam recommend/simulate/lint (keep last)

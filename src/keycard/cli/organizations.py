@@ -37,4 +37,4 @@ def describe(client: Client, organization: Annotated[str, typer.Argument(metavar
 
 
 add_policy_commands(app, PolicyTarget("organization", "ORGANIZATION_ID",
-                                      lambda o: f"/v3/organizations/{_org(o)}"))
+                                      lambda o, _: f"/v3/organizations/{_org(o)}"))

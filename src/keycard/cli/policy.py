@@ -40,8 +40,9 @@ class PolicyTarget:
 
     noun: str                                   # "project", "bucket", ...
     metavar: str                                # "PROJECT_ID", ...
-    path: Callable[[str], str]                  # argument → the resource's path, e.g. /v3/projects/p1
+    path: Callable[[str, str | None], str]      # (argument, --project) → the resource's path, e.g. /v3/projects/p1
     style: str = "crm"                          # crm: POST :getIamPolicy; ml: GET :getIamPolicy; storage: GET/PUT /iam
+    project: bool = False                       # the commands take --project (resources inside a project)
 
 
 _COND_KEY = re.compile(r",(?=\s*(?:expression|title|description)=)")
@@ -90,8 +91,8 @@ def show_policy(policy: dict[str, Any], fmt: Format, filter_: str | None = None)
     console.print(table, width=None if console.is_terminal else 250)
 
 
-def _get(client: Client, t: PolicyTarget, ident: str) -> dict[str, Any]:
-    base = t.path(ident)
+def _get(client: Client, t: PolicyTarget, ident: str, project: str | None) -> dict[str, Any]:
+    base = t.path(ident, project)
     if t.style == "storage":
         out: dict[str, Any] = client.get(f"{base}/iam", optionsRequestedPolicyVersion=3)
     elif t.style == "ml":
@@ -105,8 +106,9 @@ def _lockout(allow: bool) -> dict[str, str]:
     return {"X-Keycard-Allow-Lockout": "true"} if allow else {}
 
 
-def _set(client: Client, t: PolicyTarget, ident: str, policy: Any, allow_lockout: bool) -> dict[str, Any]:
-    base = t.path(ident)
+def _set(client: Client, t: PolicyTarget, ident: str, project: str | None, policy: Any, allow_lockout: bool
+         ) -> dict[str, Any]:
+    base = t.path(ident, project)
     if not isinstance(policy, dict):
         raise ApiError(0, "INVALID_ARGUMENT", "Invalid policy file: expected a Policy object "
                        "({bindings: [...], etag: ...}).", reason="BAD_FILE")
@@ -118,9 +120,9 @@ def _set(client: Client, t: PolicyTarget, ident: str, policy: Any, allow_lockout
     return out
 
 
-def _modify(client: Client, t: PolicyTarget, ident: str, verb: str, body: dict[str, Any],
+def _modify(client: Client, t: PolicyTarget, ident: str, project: str | None, verb: str, body: dict[str, Any],
             allow_lockout: bool) -> dict[str, Any]:
-    base = t.path(ident)
+    base = t.path(ident, project)
     path = f"{base}/iam:{verb}" if t.style == "storage" else f"{base}:{verb}"
     out: dict[str, Any] = client.request("POST", path, json=body, headers=_lockout(allow_lockout))
     return out
@@ -129,12 +131,15 @@ def _modify(client: Client, t: PolicyTarget, ident: str, verb: str, body: dict[s
 def add_policy_commands(app: typer.Typer, t: PolicyTarget) -> None:
     """Register the four policy commands of ``t`` on ``app``."""
     Ident = Annotated[str, typer.Argument(metavar=t.metavar, help=f"The {t.noun}")]
+    Project = Annotated[str | None, typer.Option("--project", hidden=not t.project,
+                                                 help=f"Project of the {t.noun} (default: $KEYCARD_PROJECT, "
+                                                 "config project)")]
 
     @app.command("get-iam-policy", help=f"Show the allow policy of a {t.noun} (version 3, with its etag).")
     @remote
-    def get_iam_policy(client: Client, ident: Ident, fmt: FormatOpt = Format.table,
+    def get_iam_policy(client: Client, ident: Ident, project: Project = None, fmt: FormatOpt = Format.table,
                        filter_: FilterOpt = None) -> None:
-        show_policy(_get(client, t, ident), fmt, filter_)
+        show_policy(_get(client, t, ident, project), fmt, filter_)
 
     @app.command("set-iam-policy", help=f"Replace the allow policy of a {t.noun} (its etag, if present, must "
                  "be current: 409 otherwise).")
@@ -142,11 +147,12 @@ def add_policy_commands(app: typer.Typer, t: PolicyTarget) -> None:
     def set_iam_policy(client: Client, ident: Ident,
                        policy_file: Annotated[Path, typer.Argument(metavar="POLICY_FILE",
                                                                    help="Policy as JSON or YAML ('-': stdin)")],
-                       allow_lockout: AllowLockoutOpt = False, fmt: FormatOpt = Format.table) -> None:
+                       project: Project = None, allow_lockout: AllowLockoutOpt = False,
+                       fmt: FormatOpt = Format.table) -> None:
         data = read_document(policy_file)
         if isinstance(data, dict) and isinstance(data.get("policy"), dict):
             data = data["policy"]
-        out = _set(client, t, ident, data, allow_lockout)
+        out = _set(client, t, ident, project, data, allow_lockout)
         err.print(f"Updated IAM policy for {t.noun} [{ident}].", highlight=False, markup=False)
         show_policy(out, fmt)
 
@@ -155,10 +161,11 @@ def add_policy_commands(app: typer.Typer, t: PolicyTarget) -> None:
     @remote
     def add_binding(client: Client, ident: Ident, member: MemberOpt, role: RoleOpt,
                     condition: ConditionOpt = None, condition_from_file: ConditionFileOpt = None,
-                    allow_lockout: AllowLockoutOpt = False, fmt: FormatOpt = Format.table) -> None:
+                    project: Project = None, allow_lockout: AllowLockoutOpt = False,
+                    fmt: FormatOpt = Format.table) -> None:
         cond = parse_condition(condition, condition_from_file)
         binding: dict[str, Any] = {"role": role, "members": member, **({"condition": cond} if cond else {})}
-        out = _modify(client, t, ident, "keycardAddIamPolicyBinding", {"binding": binding}, allow_lockout)
+        out = _modify(client, t, ident, project, "keycardAddIamPolicyBinding", {"binding": binding}, allow_lockout)
         err.print(f"Updated IAM policy for {t.noun} [{ident}].", highlight=False, markup=False)
         show_policy(out, fmt)
 
@@ -169,10 +176,11 @@ def add_policy_commands(app: typer.Typer, t: PolicyTarget) -> None:
                        condition: ConditionOpt = None, condition_from_file: ConditionFileOpt = None,
                        all_: Annotated[bool, typer.Option("--all", help="Remove the member from every binding "
                                                           "of the role, whatever its condition")] = False,
-                       allow_lockout: AllowLockoutOpt = False, fmt: FormatOpt = Format.table) -> None:
+                       project: Project = None, allow_lockout: AllowLockoutOpt = False,
+                       fmt: FormatOpt = Format.table) -> None:
         cond = parse_condition(condition, condition_from_file)
         binding: dict[str, Any] = {"role": role, "members": member, **({"condition": cond} if cond else {})}
         body: dict[str, Any] = {"binding": binding, **({"allConditions": True} if all_ else {})}
-        out = _modify(client, t, ident, "keycardRemoveIamPolicyBinding", body, allow_lockout)
+        out = _modify(client, t, ident, project, "keycardRemoveIamPolicyBinding", body, allow_lockout)
         err.print(f"Updated IAM policy for {t.noun} [{ident}].", highlight=False, markup=False)
         show_policy(out, fmt)

@@ -108,4 +108,4 @@ def move(client: Client, project_id: ProjectArg, folder: FolderOpt = None, organ
     show(out, fmt, f"Moved project [{project_id}] to {parent}.")
 
 
-add_policy_commands(app, PolicyTarget("project", "PROJECT_ID", lambda p: f"/v3/projects/{p}"))
+add_policy_commands(app, PolicyTarget("project", "PROJECT_ID", lambda p, _: f"/v3/projects/{p}"))

@@ -85,4 +85,4 @@ def move(client: Client, folder_id: FolderArg, folder: FolderOpt = None, organiz
     show(out, fmt, f"Moved folder [{_id(folder_id)}] to {parent}.")
 
 
-add_policy_commands(folders, PolicyTarget("folder", "FOLDER_ID", lambda f: f"/v3/folders/{_id(f)}"))
+add_policy_commands(folders, PolicyTarget("folder", "FOLDER_ID", lambda f, _: f"/v3/folders/{_id(f)}"))

@@ -12,7 +12,7 @@ import typer
 from keycard.cli.output import Format, FormatOpt
 from keycard.cli.policy import PolicyTarget, add_policy_commands
 from keycard.cli.remote import FilterOpt, LimitOpt, remote, show, show_list
-from keycard.client import ApiError, Client
+from keycard.client import Client, default_project
 
 app = typer.Typer(help="Service accounts: create, list, describe, delete, disable, enable; their allow "
                   "policies; keys.", no_args_is_help=True)
@@ -32,9 +32,7 @@ def _one(account: str) -> str:
 
 
 def _need_project(project: str | None) -> str:
-    if not project:
-        raise ApiError(0, "INVALID_ARGUMENT", "Which project?", reason="NO_PROJECT", hint="Pass --project PROJECT_ID.")
-    return project.removeprefix("projects/")
+    return default_project(project)
 
 
 @app.command("create")
@@ -101,7 +99,7 @@ def enable(client: Client, account: AccountArg, fmt: FormatOpt = Format.table) -
     show(client.post(f"{_one(account)}:enable"), fmt, f"Enabled service account [{account}].")
 
 
-add_policy_commands(app, PolicyTarget("service account", "EMAIL", _one))
+add_policy_commands(app, PolicyTarget("service account", "EMAIL", lambda a, _: _one(a)))
 
 
 @keys.command("create")

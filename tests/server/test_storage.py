@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,8 +86,8 @@ def test_object_names_never_reach_the_file_system(server: Server, bucket: storag
     for name in ("../../../etc/passwd", "a/../../b", "with space/and%percent", "ünïcødé/ok"):
         b.blob(name).upload_from_string(name)
         assert b.blob(name).download_as_text() == name
-    for f in objects_dir(server).rglob("*"):
-        assert f.is_dir() or f.name.isdigit(), f
+    for f in objects_dir(server).rglob("*"):     # resumable sessions: files named by keycard's upload ids
+        assert f.is_dir() or f.name.isdigit() or re.match(r"^[A-Za-z0-9_-]{43}\.(json|part)$", f.name), f
 
 
 def test_iam_members_and_convenience_values(server: Server, bucket: storage.Bucket) -> None:
@@ -153,3 +156,153 @@ def test_missing_object_and_unauthenticated(server: Server, bucket: storage.Buck
         assert c.get(f"/storage/v1/b/{BUCKET}/o/nope").status_code == 404
         assert c.get(f"/download/storage/v1/b/{BUCKET}/o/nope", params={"alt": "media"}).status_code == 404
     assert httpx.get(f"{server.url}/storage/v1/b/{BUCKET}/o").status_code == 401
+
+
+# --------------------------------------------------------------------------------- resumable uploads
+
+UPLOAD = f"/upload/storage/v1/b/{BUCKET}/o"
+
+
+def _session(server: Server, name: str, user: str = ALICE, **headers: str) -> str:
+    with server.client(user) as c:
+        r = c.post(UPLOAD, params={"uploadType": "resumable"}, json={"name": name, "contentType": "text/plain"},
+                   headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.headers["location"].startswith(f"{server.url}/upload/storage/v1/b/{BUCKET}/o?uploadType=resumable")
+    return str(r.headers["location"])
+
+
+def _chunks_received(server: Server) -> float:
+    """The server's count of PUTs to resumable sessions (its /metrics)."""
+    text = httpx.get(f"{server.url}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("keycard_requests_total{") and 'route="storage.objects.resumableUpload"' in line)
+
+
+def _uploads(server: Server) -> list[str]:
+    d = objects_dir(server) / ".uploads"
+    return sorted(f.name for f in d.iterdir()) if d.exists() else []
+
+
+def test_resumable_upload_of_a_large_file(server: Server, bucket: storage.Bucket, tmp_path: Path) -> None:
+    """Over 8 MiB google-cloud-storage switches to the resumable protocol (one 100 MiB chunk by default)."""
+    data = os.urandom(9 * 1024 * 1024 + 17)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    blob = client(server).bucket(BUCKET).blob("big/model.bin")
+    before = _chunks_received(server)
+    blob.upload_from_filename(str(src))
+    assert _chunks_received(server) == before + 1
+    assert blob.size == len(data) and blob.crc32c
+    assert client(server).bucket(BUCKET).blob("big/model.bin").download_as_bytes() == data
+    assert not [f for f in _uploads(server) if f.endswith(".part")]       # the part file became the object
+
+
+def test_resumable_upload_in_chunks(server: Server, bucket: storage.Bucket) -> None:
+    """A stream of unknown size with a chunk_size: 256 KiB chunks sent as ``bytes A-B/*`` until the last,
+    which names the total. (google-cloud-storage 3.x uploads anything of known size up to 8 MiB in one
+    multipart request, whatever the chunk_size.)"""
+    data = os.urandom(3 * 256 * 1024 + 1000)                  # four chunks, the last one short
+    blob = client(server).bucket(BUCKET).blob("chunked/data.bin")
+    blob.chunk_size = 256 * 1024
+    before = _chunks_received(server)
+    blob.upload_from_file(io.BytesIO(data), content_type="application/x-test")
+    assert _chunks_received(server) == before + 4
+    got = client(server).bucket(BUCKET).get_blob("chunked/data.bin")
+    assert got is not None and got.size == len(data) and got.content_type == "application/x-test"
+    assert got.download_as_bytes() == data
+    # overwriting through a session: the old generation's file goes, the new one is there
+    blob2 = client(server).bucket(BUCKET).blob("chunked/data.bin")
+    blob2.chunk_size = 256 * 1024
+    blob2.upload_from_file(io.BytesIO(data[::-1]))
+    assert client(server).bucket(BUCKET).blob("chunked/data.bin").download_as_bytes() == data[::-1]
+    files = os.listdir(objects_dir(server) / BUCKET)
+    assert str(got.generation) not in files and str(blob2.generation) in files
+
+
+def test_resumable_session_protocol_by_hand(server: Server, bucket: storage.Bucket) -> None:
+    uri = _session(server, "by-hand.txt")
+    with server.client() as c:
+        r = c.put(uri, content=b"0123456789", headers={"Content-Range": "bytes 0-9/20"})
+        assert r.status_code == 308 and r.headers["range"] == "bytes=0-9" and "location" not in r.headers
+        assert c.get(f"/storage/v1/b/{BUCKET}/o/by-hand.txt").status_code == 404      # not there until complete
+        for query in ("bytes */*", "bytes */20"):
+            r = c.put(uri, headers={"Content-Range": query})
+            assert r.status_code == 308 and r.headers["range"] == "bytes=0-9", query
+        r = c.put(uri, content=b"56789abcde", headers={"Content-Range": "bytes 5-14/20"})   # a retry overlapping
+        assert r.status_code == 308 and r.headers["range"] == "bytes=0-14"
+        for bad in ("bytes=0-4/20", "bytes 15-19/x", "bytes 15-10/20", "bytes 15-19/20 junk", "lots", "bytes 15-25/20"):
+            r = c.put(uri, content=b"fghij", headers={"Content-Range": bad})
+            assert r.status_code == 400 and "Content-Range" in r.text, (bad, r.text)
+        r = c.put(uri, content=b"x", headers={"Content-Range": "bytes 17-17/20"})      # a gap
+        assert r.status_code == 400 and "resume from byte 15" in r.text
+        r = c.put(uri, content=b"fghij", headers={"Content-Range": "bytes 15-19/21"})  # another total
+        assert r.status_code == 400
+        r = c.put(uri, content=b"fghij", headers={"Content-Range": "bytes 15-19/20"})
+        assert r.status_code == 200, r.text
+        assert r.json()["name"] == "by-hand.txt" and r.json()["size"] == "20"
+        assert r.json()["contentType"] == "text/plain"
+        again = c.put(uri, headers={"Content-Range": "bytes */20"})                   # complete: the same answer
+        assert again.status_code == 200 and again.json()["generation"] == r.json()["generation"]
+        assert c.get(f"/storage/v1/b/{BUCKET}/o/by-hand.txt", params={"alt": "media"}).content == \
+            b"0123456789abcdefghij"
+
+
+def test_resumable_session_belongs_to_its_caller(server: Server, bucket: storage.Bucket) -> None:
+    uri = _session(server, "private.txt")
+    upload_id = uri.rsplit("upload_id=", 1)[1]
+    with server.client(BOB) as c:
+        theirs = c.put(uri, content=b"evil", headers={"Content-Range": "bytes 0-3/4"})
+        unknown = c.put(uri.replace(upload_id, "A" * len(upload_id)), content=b"evil",
+                        headers={"Content-Range": "bytes 0-3/4"})
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.json()["error"]["message"].replace(upload_id[:64], "ID") == \
+        unknown.json()["error"]["message"].replace("A" * len(upload_id), "ID")
+    assert httpx.put(uri, content=b"evil", headers={"Content-Range": "bytes 0-3/4"}).status_code == 401
+    with server.client() as c:     # the session is untouched
+        r = c.put(uri, headers={"Content-Range": "bytes */*"})
+        assert r.status_code == 308 and "range" not in r.headers
+        other_bucket = uri.replace(f"/b/{BUCKET}/", "/b/kc-other-bucket-9/")
+        assert c.put(other_bucket, content=b"x", headers={"Content-Range": "bytes 0-0/1"}).status_code == 404
+        assert c.put(f"{server.url}{UPLOAD}", content=b"x").status_code == 400       # no session in the URI
+
+
+def test_resumable_permissions_are_checked_when_the_session_starts(server: Server, bucket: storage.Bucket) -> None:
+    with server.client("mallory@example.com") as c:
+        r = c.post(UPLOAD, params={"uploadType": "resumable"}, json={"name": "m.txt"})
+    assert r.status_code == 403 and "storage.objects.create" in r.text
+    client(server).bucket(BUCKET).blob("taken.txt").upload_from_string("old")
+    _grant(server, f"/storage/v1/b/{BUCKET}/iam", "roles/storage.objectCreator", "user:creator@example.com")
+    _session(server, "fresh.txt", user="creator@example.com")           # create only: a new name is fine
+    with server.client("creator@example.com") as c:
+        r = c.post(UPLOAD, params={"uploadType": "resumable"}, json={"name": "taken.txt"})
+    assert r.status_code == 403 and "storage.objects.delete" in r.text  # overwriting needs delete too
+
+
+def test_resumable_checksum_mismatch_discards_the_upload(server: Server, bucket: storage.Bucket) -> None:
+    uri = _session(server, "bad-hash.txt")
+    before = sorted(os.listdir(objects_dir(server) / BUCKET))
+    with server.client() as c:
+        r = c.put(uri, content=b"hello", headers={"Content-Range": "bytes 0-4/5",
+                                                  "X-Goog-Hash": "md5=AAAAAAAAAAAAAAAAAAAAAA=="})
+        assert r.status_code == 400 and "X-Goog-Hash" in r.text
+        assert c.get(f"/storage/v1/b/{BUCKET}/o/bad-hash.txt").status_code == 404
+        assert c.put(uri, headers={"Content-Range": "bytes */*"}).status_code == 404
+    assert sorted(os.listdir(objects_dir(server) / BUCKET)) == before
+    upload_id = uri.rsplit("upload_id=", 1)[1]
+    assert not [f for f in _uploads(server) if f.startswith(upload_id)]
+
+
+def test_abandoned_resumable_sessions_expire(server: Server, bucket: storage.Bucket) -> None:
+    uri = _session(server, "abandoned.txt")
+    upload_id = uri.rsplit("upload_id=", 1)[1]
+    with server.client() as c:
+        assert c.put(uri, content=b"abc", headers={"Content-Range": "bytes 0-2/*"}).status_code == 308
+    state = objects_dir(server) / ".uploads" / f"{upload_id}.json"
+    session = json.loads(state.read_text())
+    assert session["expires"] - session["created"] == 7 * 24 * 3600       # Google's session lifetime
+    state.write_text(json.dumps({**session, "expires": session["created"] - 1}))   # a week later
+    _session(server, "next.txt")            # starting a session removes expired ones
+    assert not [f for f in _uploads(server) if f.startswith(upload_id)]
+    with server.client() as c:
+        assert c.put(uri, content=b"def", headers={"Content-Range": "bytes 3-5/6"}).status_code == 404

@@ -14,7 +14,6 @@ legacyObjectReader.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -23,7 +22,7 @@ from keycard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, N
 from keycard.runtime import etag_for
 from keycard.services import iam_policy
 from keycard.services.common import Caller, Services, parse_page_size, rfc3339
-from keycard.storage.blobs import BlobStore
+from keycard.storage.blobs import BlobStore, Written
 from keycard.store.base import Delete, Expect, Put, Record
 
 __all__ = ["SERVICE", "bucket_full", "object_full"]
@@ -243,46 +242,72 @@ def _get_object(svc: Services, bucket: str, name: str, generation: str | None = 
     return rec
 
 
+def authorize_insert(svc: Services, caller: Caller, bucket: str, name: str) -> tuple[Record | None, Record]:
+    """objects.insert's checks: storage.objects.create, and storage.objects.delete when the name is taken (as
+    in Google); then the bucket must exist. (The object as it is now, the bucket.)"""
+    full = object_full(bucket, name)
+    _authorize(svc, caller, "storage.objects.create", bucket, full)
+    existing = svc.runtime.store.get("object", f"{bucket}/{name}")
+    if existing is not None:       # overwriting needs delete too, as in Google
+        _authorize(svc, caller, "storage.objects.delete", bucket, full)
+    return existing, _get_bucket(svc, bucket)
+
+
+def object_fields(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The caller-settable fields of an object's metadata (``metadata``, cacheControl, …), validated."""
+    out: dict[str, Any] = {}
+    if not metadata:
+        return out
+    extra = metadata.get("metadata")
+    if extra is not None:
+        if not isinstance(extra, Mapping) or not all(isinstance(v, str) for v in extra.values()):
+            raise InvalidArgument("Invalid metadata: expected an object of string values.", field="metadata")
+        out["metadata"] = dict(extra)
+    for k in ("cacheControl", "contentDisposition", "contentEncoding", "contentLanguage"):
+        if isinstance(metadata.get(k), str):
+            out[k] = metadata[k]
+    return out
+
+
+def _precondition(existing: Record | None, if_generation_match: str | None) -> None:
+    if if_generation_match is None:
+        return
+    current = str(existing.data.get("generation")) if existing is not None else "0"
+    if if_generation_match != current:
+        raise FailedPrecondition("At least one of the pre-conditions you specified did not hold.",
+                                 reason="conditionNotMet", field="ifGenerationMatch")
+
+
 def insert_object(svc: Services, caller: Caller, bucket: str, name: str, data: bytes, *, content_type: str,
                   metadata: Mapping[str, Any] | None, base_url: str,
                   if_generation_match: str | None = None) -> dict[str, Any]:
     name = _object_name(name)
-    full = object_full(bucket, name)
-    _authorize(svc, caller, "storage.objects.create", bucket, full)
-    store = svc.runtime.store
-    existing = store.get("object", f"{bucket}/{name}")
-    if existing is not None:       # overwriting needs delete too, as in Google
-        _authorize(svc, caller, "storage.objects.delete", bucket, full)
-    brec = _get_bucket(svc, bucket)
-    if if_generation_match is not None:
-        current = str(existing.data.get("generation")) if existing is not None else "0"
-        if if_generation_match != current:
-            raise FailedPrecondition("At least one of the pre-conditions you specified did not hold.",
-                                     reason="conditionNotMet", field="ifGenerationMatch")
+    existing, brec = authorize_insert(svc, caller, bucket, name)
+    _precondition(existing, if_generation_match)
     if len(data) > MAX_OBJECT_BYTES:
         raise InvalidArgument(f"Object of {len(data)} bytes is over keycard's {MAX_OBJECT_BYTES} byte limit.",
                               field="media")
+    fields = object_fields(metadata)
+    written = _blobs(svc).write(bucket, data)
+    return commit_object(svc, caller, brec, name, written, content_type=content_type, fields=fields,
+                         existing=existing, base_url=base_url)
+
+
+def commit_object(svc: Services, caller: Caller, brec: Record, name: str, written: Written, *, content_type: str,
+                  fields: Mapping[str, Any], existing: Record | None, base_url: str) -> dict[str, Any]:
+    """Commit the metadata of an object whose bytes are already in place (``written``); the object appears
+    now, atomically. A failed commit removes the new file; a successful overwrite the old one."""
     blobs = _blobs(svc)
-    written = blobs.write(bucket, data)
+    bucket = str(brec.data["name"])
     now = rfc3339(svc.clock())
     meta: dict[str, Any] = {"kind": "storage#object", "name": name, "bucket": bucket,
                             "generation": written.blob, "metageneration": "1",
                             "contentType": content_type or "application/octet-stream",
                             "storageClass": brec.data.get("storageClass", "STANDARD"), "size": str(written.size),
                             "md5Hash": written.md5, "timeCreated": now, "updated": now,
-                            "timeStorageClassUpdated": now, "keycardBlob": written.blob}
+                            "timeStorageClassUpdated": now, "keycardBlob": written.blob, **fields}
     if written.crc32c:
         meta["crc32c"] = written.crc32c
-    if metadata:
-        extra = metadata.get("metadata")
-        if extra is not None:
-            if not isinstance(extra, Mapping) or not all(isinstance(v, str) for v in extra.values()):
-                blobs.delete(bucket, written.blob)
-                raise InvalidArgument("Invalid metadata: expected an object of string values.", field="metadata")
-            meta["metadata"] = dict(extra)
-        for k in ("cacheControl", "contentDisposition", "contentEncoding", "contentLanguage"):
-            if isinstance(metadata.get(k), str):
-                meta[k] = metadata[k]
     try:
         svc.commit(caller, puts=[Put("object", f"{bucket}/{name}", meta, parent=bucket)],
                    expect=[Expect("object", f"{bucket}/{name}", existing.revision if existing else None)],
@@ -357,5 +382,3 @@ def delete_object(svc: Services, caller: Caller, bucket: str, name: str, generat
     _blobs(svc).delete(bucket, str(rec.data.get("keycardBlob")))
 
 
-def new_upload_id() -> str:
-    return secrets.token_urlsafe(24)

@@ -5,6 +5,11 @@ reach outside its bucket's directory. A write goes to a temporary file in the bu
 is fsync'd and renamed into place (atomic on POSIX), and only then is the object's metadata
 committed to the store; a failed commit deletes the file. Files no metadata names (a crash between
 the rename and the commit) are removed by :meth:`BlobStore.sweep`.
+
+Resumable upload sessions live under ``.uploads/`` (a name no bucket can have): ``ID.json`` holds the
+session (rewritten atomically), ``ID.part`` the bytes received so far, each chunk fsync'd before it is
+acknowledged. :meth:`BlobStore.adopt_part` hashes the finished file and renames it into the bucket's
+directory under a new generation, so an object appears only when its upload is complete.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,8 @@ __all__ = ["BlobStore", "Written", "crc32c_b64"]
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _BLOB = re.compile(r"^[0-9]{16,20}$")
+_SESSION = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+UPLOADS = ".uploads"
 
 _crc32c: Any
 try:  # the C implementation google-cloud-storage uses, when installed
@@ -64,7 +72,7 @@ class BlobStore:
     def write(self, bucket: str, data: bytes) -> Written:
         d = self._dir(bucket)
         d.mkdir(parents=True, exist_ok=True)
-        blob = str(10**15 + secrets.randbelow(9 * 10**15)) + f"{secrets.randbelow(1000):03d}"
+        blob = _new_blob()
         tmp = d / f".tmp-{secrets.token_hex(8)}"
         try:
             with tmp.open("wb") as fh:
@@ -72,11 +80,7 @@ class BlobStore:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, d / blob)
-            dfd = os.open(d, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            _fsync_dir(d)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -119,3 +123,100 @@ class BlobStore:
                 f.unlink()
                 gone += 1
         return gone
+
+    # ------------------------------------------------------------------------ resumable upload sessions
+    def _session(self, upload_id: str, suffix: str) -> Path:
+        if not _SESSION.match(upload_id):
+            raise ValueError(f"not an upload id: {upload_id!r}")
+        return self.root / UPLOADS / f"{upload_id}{suffix}"
+
+    def open_session(self, upload_id: str, session: Mapping[str, Any]) -> None:
+        """A new session: its state and an empty part file."""
+        (self.root / UPLOADS).mkdir(parents=True, exist_ok=True)
+        self._session(upload_id, ".part").touch(exist_ok=False)
+        self.save_session(upload_id, session)
+
+    def save_session(self, upload_id: str, session: Mapping[str, Any]) -> None:
+        path = self._session(upload_id, ".json")
+        tmp = path.with_name(f".tmp-{secrets.token_hex(8)}")
+        try:
+            with tmp.open("w") as fh:
+                json.dump(session, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def session(self, upload_id: str) -> dict[str, Any] | None:
+        """The session's state (None for an id that is malformed, unknown or dropped)."""
+        try:
+            with self._session(upload_id, ".json").open() as fh:
+                out = json.load(fh)
+        except (ValueError, OSError):
+            return None
+        return out if isinstance(out, dict) else None
+
+    def sessions(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        d = self.root / UPLOADS
+        if not d.exists():
+            return
+        for f in d.glob("*.json"):
+            session = self.session(f.stem)
+            if session is not None:
+                yield f.stem, session
+
+    def persisted(self, upload_id: str) -> int:
+        """Bytes of the session's part file (0 once it has been adopted)."""
+        try:
+            return self._session(upload_id, ".part").stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def append(self, upload_id: str, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset`` (the bytes persisted so far), fsync; return the new size."""
+        with self._session(upload_id, ".part").open("r+b") as fh:
+            fh.seek(offset)
+            fh.truncate()
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+            return fh.tell()
+
+    def adopt_part(self, upload_id: str, bucket: str) -> Written:
+        """Hash the finished part file and rename it into ``bucket`` as a new generation."""
+        part = self._session(upload_id, ".part")
+        md5 = hashlib.md5(usedforsecurity=False)
+        crc = _crc32c.Checksum() if _crc32c is not None else None
+        size = 0
+        with part.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                md5.update(chunk)
+                if crc is not None:
+                    crc.update(chunk)
+                size += len(chunk)
+        d = self._dir(bucket)
+        d.mkdir(parents=True, exist_ok=True)
+        blob = _new_blob()
+        os.replace(part, d / blob)
+        _fsync_dir(d)
+        return Written(blob, size, base64.b64encode(md5.digest()).decode(),
+                       base64.b64encode(crc.digest()).decode() if crc is not None else None)
+
+    def drop_session(self, upload_id: str) -> None:
+        for suffix in (".part", ".json"):
+            with contextlib.suppress(FileNotFoundError):
+                self._session(upload_id, suffix).unlink()
+
+
+def _new_blob() -> str:
+    return str(10**15 + secrets.randbelow(9 * 10**15)) + f"{secrets.randbelow(1000):03d}"
+
+
+def _fsync_dir(d: Path) -> None:
+    dfd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

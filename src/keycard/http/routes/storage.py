@@ -2,8 +2,9 @@
 
 Paths and shapes as google-cloud-storage and the discovery client send them (endpoint
 ``http://HOST:PORT`` for google-cloud-storage, ``http://HOST:PORT/storage/v1/`` for discovery).
-Uploads: ``uploadType=media`` (bytes, ``name=`` in the query) and ``multipart`` (multipart/related:
-JSON metadata, then the bytes). Downloads: ``alt=media`` on the object's path or its mediaLink,
+Uploads: ``uploadType=media`` (bytes, ``name=`` in the query), ``multipart`` (multipart/related:
+JSON metadata, then the bytes) and ``resumable`` (a session, then PUT chunks: services/storage_uploads.py).
+Downloads: ``alt=media`` on the object's path or its mediaLink,
 with single ``Range: bytes=a-b`` requests honoured.
 """
 
@@ -21,6 +22,7 @@ from keycard.http.app import App, RequestContext
 from keycard.http.routing import Route, Router
 from keycard.services import iam_policy
 from keycard.services import storage as st
+from keycard.services import storage_uploads as uploads
 
 _B = "/storage/v1/b"
 
@@ -66,12 +68,31 @@ def upload(app: App, ctx: RequestContext, bucket: str) -> Any:
         meta, media, media_type = _multipart(body, ctype)
         name = str(meta.get("name") or ctx.query.get("name", ""))
         ctype = str(meta.get("contentType") or media_type)
+    elif kind == "resumable":
+        upload_id, uri = uploads.start_session(app.services, ctx.caller, bucket, ctx.query, body, ctx.headers,
+                                               base_url(app, ctx))
+        return Response(status_code=200, headers={"Location": uri, "X-GUploader-UploadID": upload_id})
     else:
-        raise InvalidArgument(f"Invalid uploadType {kind!r}: keycard accepts media and multipart uploads (objects "
-                              "up to 256 MiB).", field="uploadType")
+        raise InvalidArgument(f"Invalid uploadType {kind!r}: keycard accepts media, multipart and resumable uploads "
+                              "(objects up to 256 MiB).", field="uploadType")
     return st.insert_object(app.services, ctx.caller, bucket, name, media, content_type=ctype.split(";")[0],
                             metadata=meta, base_url=base_url(app, ctx),
                             if_generation_match=ctx.query.get("ifGenerationMatch"))
+
+
+def resumable_put(app: App, ctx: RequestContext, bucket: str) -> Any:
+    """A chunk or status query on a resumable session: 308 with the persisted range, or 200 with the object."""
+    if ctx.query.get("uploadType") != "resumable" or not ctx.query.get("upload_id"):
+        raise InvalidArgument("Invalid upload: PUT goes to a resumable session URI (uploadType=resumable&"
+                              "upload_id=…), as returned in the Location of the POST that started it.",
+                              field="upload_id")
+    body: bytes = ctx.body if isinstance(ctx.body, bytes) else b""
+    progress = uploads.put_chunk(app.services, ctx.caller, bucket, ctx.query["upload_id"], body, ctx.headers,
+                                 base_url(app, ctx))
+    if progress.obj is not None:
+        return progress.obj
+    headers = {"Range": f"bytes=0-{progress.persisted - 1}"} if progress.persisted else {}
+    return Response(status_code=308, headers=headers)
 
 
 def _range(header: str, size: int) -> tuple[int, int] | None:
@@ -158,3 +179,7 @@ def register(router: Router) -> None:
         query=("alt", "generation"), read_log="DATA_READ")
     add("POST", "/upload/storage/v1/b/{bucket}/o", upload, "objects.insert", "storage.objects.create",
         body=True, raw_body=True, query=("uploadType", "name", "ifGenerationMatch"))
+    add("PUT", "/upload/storage/v1/b/{bucket}/o", resumable_put, "objects.resumableUpload",
+        summary="A chunk (Content-Range) or status query on a resumable upload session; its permissions were "
+                "checked when the session started, and it answers only the principal that started it.",
+        body=True, raw_body=True, query=("uploadType", "upload_id"))

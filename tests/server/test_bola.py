@@ -239,6 +239,10 @@ CASES.update({
                                      query={"alt": "media"}),
     "storage.objects.insert": Case("POST", "/upload/storage/v1/b/{BUCKET}/o", ("BUCKET",),
                                    query={"uploadType": "media", "name": "{OBJECT}"}, body={}),
+    # a resumable session answers only the principal that started it: another's PUT is the unknown session's 404
+    "storage.objects.resumableUpload": Case("PUT", "/upload/storage/v1/b/{BUCKET}/o", ("BUCKET", "UPLOAD"),
+                                            query={"uploadType": "resumable", "upload_id": "{UPLOAD}"}, body={},
+                                            expect="same"),
 })
 
 # ------------------------------------------------------------------------------------ IAM Credentials
@@ -458,6 +462,10 @@ def world(server: Server) -> dict[str, dict[str, str]]:
     ok(c.post("/storage/v1/b", params={"project": "bola-proj-1"}, json={"name": "bola-bucket-1"}))
     ok(c.post("/upload/storage/v1/b/bola-bucket-1/o", params={"uploadType": "media", "name": "bola-object.txt"},
               content=b"x"))
+    session = c.post("/upload/storage/v1/b/bola-bucket-1/o", params={"uploadType": "resumable"},
+                     json={"name": "bola-resumable.txt"})
+    assert session.status_code == 200, session.text
+    upload_id = session.headers["location"].rsplit("upload_id=", 1)[1]
     attachment = ok(c.post(f"/v1/{sa['name']}/keycardAttachments", json={}))["name"].rsplit("/", 1)[1]
     ok(c.post("/v1/projects/bola-proj-1/models", json={"name": "bola_model"}))
     ml_op = ok(c.post("/v1/projects/bola-proj-1/models/bola_model/versions", json={
@@ -490,6 +498,7 @@ def world(server: Server) -> dict[str, dict[str, str]]:
               json={"oidc": {"issuerUri": "https://bola.idp.test", "clientIds": ["b"],
                              "jwksUri": "https://bola.idp.test/jwks"}}))
     existing["IDP"], missing["IDP"] = "bola-sso", "gone-sso"
+    existing["UPLOAD"], missing["UPLOAD"] = upload_id, _other_id(upload_id)
     cai = ok(c.post("/v1/projects/bola-proj-1:exportAssets", json={
         "contentType": "IAM_POLICY", "outputConfig": {"gcsDestination": {"uri": "gs://bola-bucket-1/cai.json"}}}))
     existing["CAIOP"] = cai["name"].rsplit("/", 1)[1]

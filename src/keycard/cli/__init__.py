@@ -112,21 +112,6 @@ def check(principal: Annotated[str, typer.Argument(help="user:EMAIL, serviceAcco
     raise typer.Exit(EXIT_OK if d.allowed else EXIT_DENIED)
 
 
-@app.command("find-roles")
-def find_roles(permissions: Annotated[list[str], typer.Argument(help="permissions the role must contain")],
-               catalog: CatalogOpt = None, limit: int = 10, fmt: FormatOpt = Format.table) -> None:
-    """Roles that contain every given permission, smallest first."""
-    eng = Engine(catalog=str(catalog) if catalog else None)
-    found = eng.find_roles(permissions)[:limit]
-    if fmt is not Format.table:
-        _emit([{"name": r.name, "title": r.title, "permissions": len(r.permissions)} for r in found], fmt)
-        return
-    table = Table("role", "title", "permissions")
-    for r in found:
-        table.add_row(r.name, r.title, str(len(r.permissions)))
-    console.print(table)
-
-
 DatabaseOpt = Annotated[str | None, typer.Option("--database", help="sqlite:///PATH or postgresql://... "
                                                  "(default: SQLite under --data-dir)")]
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="Where the embedded SQLite database lives.")]
@@ -442,7 +427,7 @@ def idp_remove(provider_id: Annotated[str, typer.Argument(help="Provider id")], 
 
 def _register_groups() -> None:
     """Command groups that live in their own modules under keycard/cli/ (one line each)."""
-    from keycard.cli import config, iam, ml, organizations, projects, resource_manager, storage
+    from keycard.cli import config, iam, iam_roles, ml, organizations, projects, resource_manager, storage
     app.add_typer(config.app, name="config")
     app.add_typer(organizations.app, name="organizations")
     app.add_typer(resource_manager.app, name="resource-manager")
@@ -450,6 +435,7 @@ def _register_groups() -> None:
     app.add_typer(iam.app, name="iam")
     app.add_typer(ml.app, name="ai-platform")
     app.add_typer(storage.app, name="storage")
+    app.command("find-roles", help="Same as `keycard iam roles find`.")(iam_roles.find)
     __import__("keycard.cli.pac", fromlist=["register"]).register(app)  # plan, apply, export at top level
     app.command("proxy")(__import__("keycard.cli.proxy", fromlist=["proxy"]).proxy)  # keycard proxy (IAP)
     __import__("keycard.cli.iam_extras", fromlist=["attach"]).attach(app)  # iam recommend/simulate/lint (keep last)

@@ -18,6 +18,7 @@ from keycard.client import ApiError
 from keycard.pac.document import DocumentError, read_documents
 from keycard.pac.export import to_document
 from keycard.pac.live import Live, read_live
+from keycard.pac.model import State
 from keycard.pac.plan import Plan, make_plan
 from keycard.pac.steps import ConcurrentChange, Context
 
@@ -34,7 +35,7 @@ def register(app: typer.Typer) -> None:
     app.command("export")(export)
 
 
-def _read(files: list[Path]):  # type: ignore[no-untyped-def]
+def _read(files: list[Path]) -> State:
     try:
         return read_documents(files)
     except DocumentError as e:

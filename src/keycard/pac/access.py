@@ -144,10 +144,10 @@ def touched_nodes(before: State, after: State) -> set[str]:
             for n in st.nodes.values():
                 if n.id not in common:
                     continue
-                if any(role in roles or m in members for role, _c, m in flat(n.bindings)):
-                    changed.add(n.id)
-                elif sets and any(sets & set(r["denyRule"].get(f, [])) for r in _rules(n)
-                                  for f in ("deniedPrincipals", "exceptionPrincipals")):
+                named = any(role in roles or m in members for role, _c, m in flat(n.bindings))
+                denied = bool(sets) and any(sets & set(r["denyRule"].get(f, [])) for r in _rules(n)
+                                            for f in ("deniedPrincipals", "exceptionPrincipals"))
+                if named or denied:
                     changed.add(n.id)
     return (before.descendants(changed) | after.descendants(changed)) & common
 

@@ -94,8 +94,8 @@ def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _LList:
     return out
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)  # type: ignore[arg-type]
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)  # type: ignore[arg-type]
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
 
 
 def document_files(path: Path) -> list[Path]:
@@ -179,7 +179,8 @@ class _Builder:
     def _keys(self, d: _LDict, allowed: set[str], fld: str) -> None:
         for k in d:
             if k not in allowed:
-                raise self.err(d.lines[k], f"{fld}.{k}", f"unknown field; expected one of {', '.join(sorted(allowed))}.")
+                raise self.err(d.lines[k], f"{fld}.{k}",
+                               f"unknown field; expected one of {', '.join(sorted(allowed))}.")
 
     def _where(self, d: _LDict) -> Where:
         return Where(self.file, d.line)

@@ -33,7 +33,7 @@ class Step:
     target: str
     detail: str
     run: Callable[[S.Context], None]
-    where: Where = Where()
+    where: Where = field(default_factory=Where)
 
     def to_json(self) -> dict[str, Any]:
         return {"action": self.action, "kind": self.kind, "target": self.target, "detail": self.detail,
@@ -75,6 +75,7 @@ def make_plan(live: Live, desired_doc: State) -> Plan:
     late: list[Step] = []      # access removals run last
 
     # ---- groups and memberships
+    adds: list[Step] = []
     for email, g in desired.groups.items():
         have = cur.groups.get(email)
         if have is None:
@@ -83,31 +84,35 @@ def make_plan(live: Live, desired_doc: State) -> Plan:
         elif (g.display_name, g.description) != (have.display_name, have.description):
             steps.append(Step("update", "group", email, f"displayName {g.display_name!r}, description "
                               f"{g.description!r}", S.update_group(g), g.where))
-        for m in sorted(g.members - have.members):
-            steps.append(Step("add", "membership", email, m, S.add_member(email, m), g.where))
+        for m in sorted(g.members - have.members):     # after every group exists (a member may be one)
+            adds.append(Step("add", "membership", email, m, S.add_member(email, m), g.where))
         members = g.members | have.members
         if g.mode == AUTHORITATIVE:
             for m in sorted(have.members - g.members):
                 late.append(Step("remove", "membership", email, m, S.remove_member(email, m), g.where))
             members = g.members
         after.groups[email] = GroupSpec(email, g.display_name, g.description, frozenset(members), g.mode, g.where)
+    steps.extend(adds)
 
-    # ---- custom roles (created before the policies that bind them, deleted after)
+    # ---- custom roles (created before the policies that bind them, after their project; deleted last)
+    role_steps: list[Step] = []
     for name, r in desired.roles.items():
         have_r = cur.roles.get(name)
         if have_r is None:
             if not r.deleted:
-                steps.append(Step("create", "role", name, f"{len(r.permissions)} permissions, stage {r.stage}",
-                                  S.create_role(r), r.where))
+                role_steps.append(Step("create", "role", name, f"{len(r.permissions)} permissions, stage "
+                                       f"{r.stage}", S.create_role(r), r.where))
         elif r.deleted and not have_r.deleted:
             late.append(Step("delete", "role", name, "bindings of it stop granting", S.delete_role(name), r.where))
         elif not r.deleted and have_r.deleted:
-            steps.append(Step("update", "role", name, "undelete", S.undelete_role(r), r.where))
+            role_steps.append(Step("update", "role", name, "undelete", S.undelete_role(r), r.where))
         elif not r.deleted and r.to_json() != have_r.to_json():
-            steps.append(Step("update", "role", name, _role_change(have_r, r), S.patch_role(r), r.where))
+            role_steps.append(Step("update", "role", name, _role_change(have_r, r), S.patch_role(r), r.where))
         if have_r is not None or not r.deleted:
             after.roles[name] = r
 
+    steps.extend(s for s in role_steps if s.target.startswith("organizations/"))
+    policy_steps: list[Step] = []
     # ---- resources, parents first
     for n in _ordered(desired):
         have_n = cur.nodes.get(n.id)
@@ -143,10 +148,10 @@ def make_plan(live: Live, desired_doc: State) -> Plan:
         have_deny = dict(have_n.deny or {})
         for pid, body in want_deny.items():
             if pid not in have_deny:
-                steps.append(Step("create", "denyPolicy", f"{n.id}/{pid}", f"{len(body['rules'])} rule(s)",
+                policy_steps.append(Step("create", "denyPolicy", f"{n.id}/{pid}", f"{len(body['rules'])} rule(s)",
                                   S.create_deny(n, pid, body), n.where))
             elif have_deny[pid] != body:
-                steps.append(Step("update", "denyPolicy", f"{n.id}/{pid}", f"{len(body['rules'])} rule(s)",
+                policy_steps.append(Step("update", "denyPolicy", f"{n.id}/{pid}", f"{len(body['rules'])} rule(s)",
                                   S.update_deny(n, pid, body), n.where))
         final_deny = {**have_deny, **want_deny}
         if n.mode == AUTHORITATIVE:
@@ -163,18 +168,20 @@ def make_plan(live: Live, desired_doc: State) -> Plan:
             removed = flat(have_n.bindings) - flat(want)
             step = Step("set", "allowPolicy", n.id, f"+{len(added)} -{len(removed)} role grants "
                         f"({n.mode})", S.set_policy(n, want), n.where)
-            (late if removed else steps).append(step)
+            (late if removed else policy_steps).append(step)
         anode.bindings = want
         anode.mode = n.mode
 
+    steps.extend(s for s in role_steps if not s.target.startswith("organizations/"))
+    steps.extend(policy_steps)
     steps.extend(late)
     known = dict(live.names)
     rel = relative_names(after, known)
     old = build_engine(cur, rel, strict=False)
-    new = build_engine(after, rel, strict=True)
-    access = access_delta(cur, after, rel, old=old, new=new)
+    eng = build_engine(after, rel, strict=True)
+    access = access_delta(cur, after, rel, old=old, new=eng)
     policy_nodes = {s.target for s in steps if s.kind == "allowPolicy"}
-    locks = lockouts(cur, after, rel, old=old, new=new, nodes=touched_nodes(cur, after) | policy_nodes)
+    locks = lockouts(cur, after, rel, old=old, new=eng, nodes=touched_nodes(cur, after) | policy_nodes)
     new_grants = [{"resource": rel[i], "node": i, "role": role, "member": m}
                   for i in sorted(set(after.nodes) - set(cur.nodes))
                   for role, _c, m in sorted(flat(after.nodes[i].bindings), key=lambda t: (t[0], t[2]))]

@@ -127,6 +127,9 @@ class Runtime:
         self._stop.clear()
         self._follower = threading.Thread(target=self._follow, name="keycard-follower", daemon=True)
         self._follower.start()
+        # projects' merged indexes, built in the background rather than by each project's first request
+        threading.Thread(target=self.engine.warm, kwargs={"pause": lambda: _time.sleep(0.002)},
+                         name="keycard-warm", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()

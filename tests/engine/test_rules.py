@@ -262,3 +262,21 @@ def test_decision_reads_like_troubleshooter() -> None:
     ok = e.check("user:d@x.com", "ml.jobs.create", PROJ, time=T)
     assert ok.grant is not None and ok.grant.role == "roles/ml.developer" and ok.grant.resource == PROJ
     assert "✔ GRANTS" in str(ok)
+
+
+def test_warm_builds_merged_indexes_ahead_and_writes_still_reach_them() -> None:
+    e = world(org=[b("roles/browser", "user:o@x.com")], proj=[b("roles/viewer", "user:p@x.com")])
+    e.set_iam_policy(FOLDER, {"bindings": [b("roles/ml.developer", "user:f@x.com")]})
+    asks = [(p, perm, r) for p in ("user:o@x.com", "user:p@x.com", "user:f@x.com", "user:n@x.com")
+            for perm in ("resourcemanager.projects.get", "ml.models.create", "storage.objects.get")
+            for r in (PROJ, BUCKET)]
+    before = [e.check(*a).allowed for a in asks]
+    e.set_iam_policy(FOLDER, {"bindings": [b("roles/ml.developer", "user:f@x.com")]})   # stale again
+    paused: list[int] = []
+    assert e.warm(batch=1, pause=lambda: paused.append(1)) == 1 and paused == [1]
+    assert e.warm() == 0
+    assert [e.check(*a).allowed for a in asks] == before
+    assert e.check("user:f@x.com", "ml.models.create", PROJ).allowed
+    e.set_iam_policy(FOLDER, {"bindings": [b("roles/ml.viewer", "user:f@x.com")]})     # a write after warming
+    assert not e.check("user:f@x.com", "ml.models.create", PROJ).allowed
+    assert e.check("user:f@x.com", "ml.models.list", PROJ).allowed

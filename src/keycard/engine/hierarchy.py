@@ -262,6 +262,10 @@ class Hierarchy:
             project.probe = idx
             return idx
 
+    def stale_projects(self) -> list[Node]:
+        """Projects whose merged index is not built yet (``merged`` builds it on first use)."""
+        return [n for n in list(self.nodes.values()) if n.kind == 2 and n.probe is STALE]
+
     def _stale_below(self, node: Node) -> None:
         """Mark stale the merged index of every project at or below ``node`` (through folders/projects)."""
         stack = [node]

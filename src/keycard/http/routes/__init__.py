@@ -50,6 +50,12 @@ def register(router: Router) -> None:
     from keycard.http.routes import iam_bindings
     iam_bindings.register(router)
 
+    from keycard.http.routes import logging as logging_routes
+    logging_routes.register(router)
+
+    from keycard.http.routes import cloudasset
+    cloudasset.register(router)
+
     def jwks(app: Any, ctx: Any) -> Any:
         return app.keys().jwks()
 

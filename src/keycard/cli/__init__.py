@@ -438,6 +438,8 @@ def _register_groups() -> None:
     app.command("find-roles", help="Same as `keycard iam roles find`.")(iam_roles.find)
     __import__("keycard.cli.pac", fromlist=["register"]).register(app)  # plan, apply, export at top level
     app.command("proxy")(__import__("keycard.cli.proxy", fromlist=["proxy"]).proxy)  # keycard proxy (IAP)
+    app.add_typer(__import__("keycard.cli.asset", fromlist=["app"]).app, name="asset")  # Cloud Asset Inventory
+    app.command("import")(__import__("keycard.cli.asset", fromlist=["x"]).import_command)  # import --cai
     __import__("keycard.cli.iam_extras", fromlist=["attach"]).attach(app)  # iam recommend/simulate/lint (keep last)
 
 

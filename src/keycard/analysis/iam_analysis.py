@@ -127,7 +127,7 @@ def parse_query(engine: Engine, q: Mapping[str, Any], prefix: str = "analysisQue
     perms = tuple(names.parse_permission(p, f"{prefix}.accessSelector.permissions[{i}]")
                   for i, p in enumerate(_list(acc.get("permissions"), f"{prefix}.accessSelector.permissions")))
     if resource is None and identity is None:
-        raise InvalidArgument(f"Invalid {prefix}: set resourceSelector.fullResourceName or "
+        raise InvalidArgument(f"Invalid {prefix}.resourceSelector: set resourceSelector.fullResourceName or "
                               "identitySelector.identity (or both).", field=f"{prefix}.resourceSelector")
     o = f"{prefix}.options"
     return Query(resource=resource, identity=identity, roles=roles, permissions=perms,

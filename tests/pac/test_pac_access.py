@@ -124,3 +124,29 @@ def test_lockout_names_the_node() -> None:
     old, new = build_engine(before, rel, strict=False), build_engine(after, rel, strict=False)
     assert lockouts(before, after, rel, old=old, new=new, nodes={"folder:f", ORG}) == [
         "folders/11 (folder:f): no principal would hold resourcemanager.folders.setIamPolicy on it"]
+
+
+def test_the_documented_example_is_valid() -> None:
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[2] / "docs" / "policy-as-code.md").read_text()
+    st = parse_text(re.findall(r"```yaml\n(.*?)```", text, re.S)[0], "docs/policy-as-code.md")
+    assert {"organization", "folder:eng/ml", "project:ml-prod"} <= set(st.nodes)
+    assert st.nodes["project:ml-prod"].mode == "authoritative"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("projects:\n  - projectId: ok-project\n    iam: sometimes\n", "d.yaml:3: projects[0].iam: invalid value"),
+    ("groups:\n  - email: g@example.com\n    members: [bob@example.com]\n", "d.yaml:3: groups[0].members[0]"),
+    ("folders:\n  - path: eng\n  - path: eng\n", "folder:eng is already declared at d.yaml:2"),
+    ("projects:\n  - projectId: ok-project\n    bindings:\n      - role: roles/viewer\n"
+     "        members: [user:a@example.com]\n        condition: {expression: 'request.time <'}\n",
+     "d.yaml:6: projects[0].bindings[0].condition.expression: projects[0].bindings[0].condition.expression is not"),
+    ("organization:\n  roles:\n    - roleId: r1x\n      permissions: [not a permission]\n",
+     "d.yaml:4: organization.roles[0].permissions[0]"),
+])
+def test_document_errors_name_file_line_field(text: str, message: str) -> None:
+    from keycard.pac.document import DocumentError
+    with pytest.raises(DocumentError) as e:
+        parse_text(text, "d.yaml")
+    assert message in e.value.message

@@ -136,7 +136,10 @@ def apply(client: Client, files: FilesOpt, organization: OrgOpt = None,
                 err.print(f"[red]error:[/] {s.action} {s.kind} {s.target}: ({e.status}) {e.message} "
                           f"({done} of {len(p.steps)} changes were applied before; run `keycard plan` to see "
                           "what is left.)", highlight=False)
-                if e.hint:
+                if e.reason == "SELF_LOCKOUT":
+                    err.print("→ The change removes your own setIamPolicy: keep it in the document, or pass "
+                              "--allow-lockout if you mean it.", highlight=False)
+                elif e.hint:
                     err.print(f"→ {e.hint}", highlight=False)
                 raise typer.Exit(EXIT_CONFLICT if e.http_status == 409 else EXIT_BAD_INPUT) from None
             done += 1

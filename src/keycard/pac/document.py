@@ -236,7 +236,7 @@ class _Builder:
             except InvalidArgument as e:
                 sub = (e.field or "").removeprefix("p.bindings[0]").lstrip(".")
                 line = b.lines.get(sub.split(".", 1)[0].split("[", 1)[0], b.line) if sub else b.line
-                raise self.err(line, f"{bf}.{sub}" if sub else bf, _msg(e)) from None
+                raise self.err(line, f"{bf}.{sub}" if sub else bf, _msg(e).replace("p.bindings[0]", bf)) from None
             out.append({**pol.bindings[0].to_json(), "role": role})
         return bindings_from_json(out)
 
@@ -261,7 +261,7 @@ class _Builder:
             except InvalidArgument as e:
                 sub = (e.field or "").removeprefix("p").lstrip(".")
                 raise self.err(p.lines.get(sub.split(".", 1)[0].split("[", 1)[0], p.line),
-                               f"{pf}.{sub}" if sub else pf, _msg(e)) from None
+                               f"{pf}.{sub}" if sub else pf, _msg(e).replace("p.rules", f"{pf}.rules")) from None
             out[pid] = normalise_deny(body)
         return out
 

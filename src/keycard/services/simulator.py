@@ -90,11 +90,13 @@ def replay(engine: Engine, target: str, policy: AllowPolicy, rows: Iterable[Acce
     changed: list[Outcome] = []
     unchanged = errors = 0
     total = len(tuples)
+    overlay = _Overlay(engine, target, policy)
     for i, ((principal, permission, resource), last) in enumerate(sorted(tuples.items())):
         who = None if principal == "allUsers" else principal
         try:
-            base = engine.check(who, permission, resource, time=time).allowed
-            sim = engine.check_with_policy(who, permission, resource, at=target, policy=policy, time=time)
+            decision = engine.check(who, permission, resource, time=time)
+            base = decision.allowed
+            sim = overlay.simulate(who, permission, resource, decision, time)
             out = Outcome(principal, permission, resource, last, base, sim)
         except KeycardError as e:
             out = Outcome(principal, permission, resource, last, None, None, e.message)
@@ -110,6 +112,59 @@ def replay(engine: Engine, target: str, policy: AllowPolicy, rows: Iterable[Acce
     if oldest is not None and newest is not None:
         summary["oldestDate"], summary["newestDate"] = _date(oldest), _date(newest)
     return changed, summary
+
+
+# membership chains that do not depend on any allow policy (unlike projectOwner:P convenience values)
+_STABLE = frozenset({"user", "group", "serviceAccount", "domain", "principal", "principalSet", "allUsers",
+                     "allAuthenticatedUsers"})
+
+
+class _Overlay:
+    """The simulated check, answered without the engine's what-if evaluation when the baseline decides it.
+
+    Only ``target``'s allow policy changes, so: a grant from another node through stable memberships
+    stands; a grant the overlay repeats unconditionally (predefined role) stands; a request nothing
+    granted stays ungranted unless the overlay names one of the principal's keys with a role holding the
+    permission. Everything else — conditions, custom roles, grants at the target the overlay drops —
+    goes to :meth:`Engine.check_with_policy` (which also applies the deny rules)."""
+
+    def __init__(self, engine: Engine, target: str, policy: AllowPolicy) -> None:
+        self.engine, self.target, self.policy = engine, target, policy
+        self.index: dict[str, list[tuple[frozenset[str], bool]]] = {}
+        for b in policy.bindings:
+            role = engine.get_role(b.role)
+            if role is None or not role.grants:
+                continue
+            plain = b.condition is None and names.role_scope(b.role) is None
+            for m in b.members:
+                self.index.setdefault(m, []).append((frozenset(role.permissions), plain))
+        self._keys: dict[str | None, tuple[str, ...]] = {}
+
+    def _named(self, who: str | None, permission: str) -> tuple[bool, bool]:
+        """(some overlay binding of the principal's keys holds the permission, one of them unconditionally)."""
+        keys = self._keys.get(who)
+        if keys is None:
+            keys = self._keys[who] = self.engine.identity_keys(who)
+        any_, plain = False, False
+        for k in keys:
+            for perms, unconditional in self.index.get(k, ()):
+                if permission in perms:
+                    any_ = True
+                    plain = plain or unconditional
+        return any_, plain
+
+    def simulate(self, who: str | None, permission: str, resource: str, base: Any, time: dt.datetime) -> bool:
+        if base.allowed:
+            g = base.grant
+            stable = g is not None and all(m.split(":", 1)[0] in _STABLE for m in g.membership)
+            if stable and g.resource != self.target:
+                return True
+            if stable and self._named(who, permission)[1]:
+                return True
+        elif not self._named(who, permission)[0]:
+            return False
+        return self.engine.check_with_policy(who, permission, resource, at=self.target, policy=self.policy,
+                                             time=time)
 
 
 def _date(minute: int) -> dict[str, int]:

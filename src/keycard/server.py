@@ -19,6 +19,7 @@ from typing import Any
 from keycard import names
 from keycard.identity.tokens import KeySet, SigningKey, generate_key
 from keycard.runtime import Runtime
+from keycard.services.access_record import AccessRecorder
 from keycard.services.common import Caller, Services
 from keycard.storage.blobs import BlobStore
 from keycard.store.base import Expect, Put
@@ -166,8 +167,7 @@ def open_services(database: str, *, enforcement: str = "enforce", objects_dir: s
     runtime.bootstrap()
     blobs = BlobStore(objects_dir if objects_dir is not None else default_objects_dir(database))
     services = Services(runtime, utcnow, enforcement, str(inst.data["organization"]) if inst else None, blobs)
-    from keycard.services.access_record import AccessRecorder   # every authorization check, for recommender/simulator
-    services.access = AccessRecorder(store, clock=utcnow)
+    services.access = AccessRecorder(store, clock=utcnow)   # every authorization check, for recommender/simulator
     return services, KeyRing(store), store
 
 

@@ -18,7 +18,8 @@ from keycard.services.simulator import replay
 from keycard.store.base import AccessRecord
 
 CRM = "//cloudresourcemanager.googleapis.com"
-ORG, FOLDER, P1, P2 = f"{CRM}/organizations/1", f"{CRM}/folders/2", f"{CRM}/projects/proj-one", f"{CRM}/projects/proj-two"
+ORG, FOLDER = f"{CRM}/organizations/1", f"{CRM}/folders/2"
+P1, P2 = f"{CRM}/projects/proj-one", f"{CRM}/projects/proj-two"
 MODELS = [f"//ml.googleapis.com/projects/{p}/models/m{i}" for p in ("proj-one", "proj-two") for i in range(3)]
 USERS = [f"user:u{i}@example.com" for i in range(8)]
 PERMS = ["ml.models.get", "ml.models.predict", "ml.models.delete", "ml.versions.list", "resourcemanager.projects.get",

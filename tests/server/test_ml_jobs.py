@@ -221,6 +221,8 @@ def test_batch_job_runs_as_the_service_account_it_names(server: Server, world: d
     with pytest.raises(HttpError) as e:
         batch(server, _job_id("no_actas"), user=BOB, serviceAccount=sa["email"])
     assert e.value.status_code == 403 and "iam.serviceAccounts.actAs" in str(e.value)
+    assert (f"keycard iam service-accounts add-iam-policy-binding {sa['email']} --project={PROJECT} "
+            f"--member=user:{BOB} --role=roles/iam.serviceAccountUser") in str(e.value)
     jid = _job_id("as_sa")
     batch(server, jid, serviceAccount=sa["email"])
     done = wait(server, jid)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import socket
 import threading
 import time
@@ -36,7 +35,7 @@ from keycard.errors import Aborted, InvalidArgument
 from keycard.services.common import Caller, Services, rfc3339
 from keycard.store.base import Delete, Expect, Put, Record
 
-__all__ = ["LEASE", "TERMINAL", "Cancelled", "JobFailed", "JobRunner", "grant_command", "parse_gs", "runner",
+__all__ = ["LEASE", "TERMINAL", "Cancelled", "JobFailed", "JobRunner", "parse_gs", "runner",
            "start_job_runner"]
 
 log = logging.getLogger("keycard.ml.jobs")
@@ -48,14 +47,6 @@ LEASE_TTL = 20.0
 SCAN_EVERY = 5.0
 UNCLAIMED_GRACE = 3.0          # seconds a fresh job is left to the replica that created it
 _ATTR, _SERVICE = "_keycard_ml_job_runner", "ml.googleapis.com"
-
-# The smallest predefined bucket roles that hold each storage permission a job needs.
-GRANTING_ROLE = {"storage.objects.get": "roles/storage.objectViewer",
-                 "storage.objects.list": "roles/storage.objectViewer",
-                 "storage.buckets.list": "roles/storage.bucketViewer",
-                 "storage.objects.create": "roles/storage.objectCreator",
-                 "storage.objects.delete": "roles/storage.objectUser"}
-
 
 class JobFailed(Exception):
     """The job cannot go on; its message becomes the job's errorMessage."""
@@ -71,11 +62,6 @@ class Cancelled(Exception):
 
 class LeaseLost(Exception):
     """Another runner took the job over (this one was presumed dead): stop without writing."""
-
-
-def grant_command(bucket: str, member: str, permission: str) -> str:
-    return (f"keycard storage buckets add-iam-policy-binding gs://{bucket} --member={shlex.quote(member)} "
-            f"--role={GRANTING_ROLE.get(permission, 'roles/storage.objectUser')}")
 
 
 def parse_gs(uri: object, fld: str, *, wildcard: bool = False, prefix: bool = False) -> tuple[str, str]:
@@ -103,13 +89,13 @@ def parse_gs(uri: object, fld: str, *, wildcard: bool = False, prefix: bool = Fa
 def check_storage(svc: Services, identity: str, permission: str, bucket: str, obj: str | None = None) -> None:
     """Does the job's identity hold ``permission`` on the bucket (or object)? JobFailed naming the identity,
     the permission, the resource and the grant command if not."""
-    from keycard.services.storage import bucket_full, object_full
+    from keycard.services.storage import bucket_full, grant_bucket_access, object_full
     full = object_full(bucket, obj) if obj is not None else bucket_full(bucket)
     if svc.runtime.engine.check(identity, permission, full, time=svc.clock()).allowed:
         return
     shown = f"gs://{bucket}/{obj}" if obj is not None else f"gs://{bucket}"
     raise JobFailed(f"{identity} lacks {permission} on {shown}. Grant it with: "
-                    f"{grant_command(bucket, identity, permission)}")
+                    f"{grant_bucket_access(bucket, identity, [permission])}")
 
 
 # ------------------------------------------------------------------------------------- runner

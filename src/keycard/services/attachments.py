@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,7 +37,7 @@ from keycard.errors import FailedPrecondition, InvalidArgument, NotFound, Permis
 from keycard.identity.registry import ServiceAccount
 from keycard.identity.tokens import KeySet
 from keycard.services.common import Caller, Services, rfc3339
-from keycard.services.service_accounts import SERVICE, require_act_as, resolve
+from keycard.services.service_accounts import SERVICE, act_as_grant_command, require_act_as, resolve
 from keycard.store.base import Delete, Expect, Put
 
 __all__ = ["KIND", "MAX_ATTACHMENTS", "TOKEN_LIFETIME", "check", "create_attachment", "delete_attachment",
@@ -107,9 +106,7 @@ def _act_as(svc: Services, caller: Caller, project: str, account: str) -> Servic
     # the words of require_act_as, with the account as the caller named it
     pid = project if project != "-" else (account.split("@", 1)[1].split(".", 1)[0]
                                           if account.lower().endswith(".iam.gserviceaccount.com") else "")
-    grant = (f"keycard iam service-accounts add-iam-policy-binding {account}"
-             + (f" --project={pid}" if pid else "")
-             + f" --member={shlex.quote(who)} --role=roles/iam.serviceAccountUser")
+    grant = act_as_grant_command(account, pid, who)
     raise PermissionDenied(
         f"Caller {who} is missing permission '{ACT_AS}' on service account {account}, needed to {WHAT} that "
         f"runs as it. Grant it with: {grant}",

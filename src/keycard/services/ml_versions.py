@@ -11,7 +11,6 @@ within the request; the Operation comes back already done.
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +30,7 @@ from keycard.services.ml_common import (
 )
 from keycard.services.ml_models import finish_operation
 from keycard.services.service_accounts import ml_service_agent_email, require_act_as
-from keycard.services.storage import bucket_full, object_full
+from keycard.services.storage import bucket_full, grant_bucket_access, object_full
 from keycard.store.base import Delete, Expect, Put, Record
 
 __all__ = ["DEPLOY_PERMISSIONS", "MAX_PREDICT_BYTES", "Prediction", "create_version", "prepare_predict"]
@@ -71,26 +70,15 @@ def _gs(uri: object) -> tuple[str, str]:
 
 # ------------------------------------------------------------------------------------- deploy
 
-_GRANTING_ROLE = {"storage.buckets.list": "roles/storage.bucketViewer",
-                  "storage.objects.get": "roles/storage.objectViewer"}
-
-
-def _grant_command(bucket: str, member: str, missing: list[str]) -> str:
-    """The commands that grant the smallest predefined bucket roles holding the missing permissions."""
-    return " && ".join(f"keycard storage buckets add-iam-policy-binding gs://{bucket} "
-                       f"--member={shlex.quote(member)} --role={_GRANTING_ROLE[p]}" for p in missing)
-
-
 def _deploy(svc: Services, identity: str, framework: str, bucket: str, prefix: str) -> LoadedModel:
     """Check the deploying identity's access, find and load the model file; KeycardError if it fails."""
     engine = svc.runtime.engine
     now = svc.clock()
     missing = [p for p in DEPLOY_PERMISSIONS if not engine.check(identity, p, bucket_full(bucket), time=now).allowed]
     if missing:
-        member = identity
         raise FailedPrecondition(
             f"{identity.split(':', 1)[1]} cannot read the model files: it lacks {', '.join(missing)} on bucket "
-            f"gs://{bucket}. Grant it with: {_grant_command(bucket, member, missing)}",
+            f"gs://{bucket}. Grant it with: {grant_bucket_access(bucket, identity, missing)}",
             reason="DEPLOYMENT_ACCESS_DENIED",
             metadata={"serviceAccount": identity.split(":", 1)[1], "bucket": bucket, "permissions": ",".join(missing)})
     store = svc.runtime.store

@@ -25,7 +25,7 @@ from keycard.services import iam_policy
 from keycard.services.common import Caller, Services, parse_page_size, rfc3339
 from keycard.store.base import Delete, Expect, Put
 
-__all__ = ["SERVICE", "account_json", "create_service_account", "require_act_as", "resolve"]
+__all__ = ["SERVICE", "account_json", "act_as_grant_command", "create_service_account", "require_act_as", "resolve"]
 
 SERVICE = "iam.googleapis.com"
 UNDELETE_DAYS = 30
@@ -89,6 +89,14 @@ def resolve(svc: Services, caller: Caller, project: str, account: str, permissio
     return acct
 
 
+def act_as_grant_command(account: str, project: str, member: str) -> str:
+    """The command granting ``member`` roles/iam.serviceAccountUser (which holds actAs) on service account
+    ``account`` (its email), of project ``project`` when known."""
+    return (f"keycard iam service-accounts add-iam-policy-binding {account}"
+            + (f" --project={project}" if project else "")
+            + f" --member={shlex.quote(member)} --role=roles/iam.serviceAccountUser")
+
+
 def require_act_as(svc: Services, caller: Caller, email: str, *, what: str) -> ServiceAccount:
     """``iam.serviceAccounts.actAs`` on the account ``email``, for anything that will run as it."""
     acct = svc.runtime.identities.account(email)
@@ -99,8 +107,7 @@ def require_act_as(svc: Services, caller: Caller, email: str, *, what: str) -> S
         svc.authorize(caller, "iam.serviceAccounts.actAs", acct.resource, service=SERVICE)
         return acct
     who = caller.principal or "the caller"
-    grant = (f"keycard iam service-accounts add-iam-policy-binding {acct.email} --project={acct.project_id} "
-             f"--member={shlex.quote(who)} --role=roles/iam.serviceAccountUser")
+    grant = act_as_grant_command(acct.email, acct.project_id, who)
     caller.authorizations.append({"resource": acct.relative, "permission": "iam.serviceAccounts.actAs",
                                   "granted": False})
     if svc.enforcement == "dry-run":

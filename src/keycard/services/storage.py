@@ -14,7 +14,7 @@ legacyObjectReader.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -22,10 +22,11 @@ from keycard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, N
 from keycard.runtime import etag_for
 from keycard.services import iam_policy
 from keycard.services.common import Caller, Services, parse_page_size, rfc3339
+from keycard.services.remedy import grant_command
 from keycard.storage.blobs import BlobStore, Written
 from keycard.store.base import Delete, Expect, Put, Record
 
-__all__ = ["SERVICE", "bucket_full", "object_full"]
+__all__ = ["SERVICE", "bucket_full", "grant_bucket_access", "object_full"]
 
 SERVICE = "storage.googleapis.com"
 MAX_OBJECT_BYTES = 256 * 1024 * 1024
@@ -39,6 +40,20 @@ def bucket_full(bucket: str) -> str:
 
 def object_full(bucket: str, name: str) -> str:
     return f"//{SERVICE}/projects/_/buckets/{bucket}/objects/{name}"
+
+
+# The smallest predefined bucket roles holding each storage permission (the grant commands keycard prints).
+GRANTING_ROLE = {"storage.buckets.list": "roles/storage.bucketViewer",
+                 "storage.objects.get": "roles/storage.objectViewer",
+                 "storage.objects.list": "roles/storage.objectViewer",
+                 "storage.objects.create": "roles/storage.objectCreator",
+                 "storage.objects.delete": "roles/storage.objectUser"}
+
+
+def grant_bucket_access(bucket: str, member: str, permissions: Iterable[str]) -> str:
+    """The command(s) granting ``member`` the smallest predefined roles on ``bucket`` that hold ``permissions``."""
+    roles = dict.fromkeys(GRANTING_ROLE.get(p, "roles/storage.objectUser") for p in permissions)
+    return " && ".join(str(grant_command(bucket_full(bucket), member, role)) for role in roles)
 
 
 def _blobs(svc: Services) -> BlobStore:

@@ -48,6 +48,7 @@ bench: install
 	$(VENV)/bin/python bench/server.py --backends sqlite,postgresql --out docs/benchmarks.md
 	$(VENV)/bin/python bench/identity.py --out docs/benchmarks.md
 	$(VENV)/bin/python bench/ml.py --out docs/benchmarks.md
+	$(VENV)/bin/python bench/asset.py --out docs/benchmarks.md
 	$(VENV)/bin/python bench/reco.py --out docs/benchmarks.md
 
 bench-server: install

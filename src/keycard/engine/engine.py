@@ -279,7 +279,7 @@ class Engine:
 
     # ======================================================================================== checks
     def check(self, principal: str | None, permission: str, resource: str, *,
-              extra_members: frozenset[str] = frozenset(),
+              extra_members: frozenset[str] | None = None,
               time: dt.datetime | None = None, attributes: Mapping[str, str] | None = None) -> Decision:
         """May ``principal`` use ``permission`` on ``resource`` (a full resource name)?
 
@@ -294,7 +294,7 @@ class Engine:
         keys); they count for this check only — the engine records nothing about callers.
         """
         groups = self._groups
-        if extra_members:
+        if extra_members is not None:          # an identity test: free for the callers without sets
             ident = groups.identity(principal, extra_members)
         else:
             ident = groups._cache.get(principal or ANONYMOUS) or groups.identity(principal)
@@ -374,14 +374,14 @@ class Engine:
         conds: tuple[ConditionResult, ...] = ()
         if found is None:
             if pending is None:
-                if extra_members:
+                if extra_members is not None:
                     return self._not_granted(ident, permission, resource, (), time, extra_members)
                 return Decision(False, ident.principal, permission, resource, None, NOT_CHECKED, (), self, time)
             if time is None:
                 time = self._clock()
             found, conds = self._check_pending(ident, resource, time, pending, attributes)
             if found is None:
-                if extra_members:
+                if extra_members is not None:
                     return self._not_granted(ident, permission, resource, conds, time, extra_members)
                 return Decision(False, ident.principal, permission, resource, None, NOT_CHECKED, conds, self,
                                 time)
@@ -414,7 +414,7 @@ class Engine:
         return more if pending is None else pending + more
 
     def deny_reason(self, principal: str | None, permission: str, resource: str, *,
-                    extra_members: frozenset[str] = frozenset(),
+                    extra_members: frozenset[str] | None = None,
                     time: dt.datetime | None = None) -> tuple[DenyReason | None, tuple[ConditionResult, ...]]:
         """The deny rule on the resource's ancestry that denies this request, if any."""
         ident = self._groups.identity(principal, extra_members)
@@ -502,12 +502,11 @@ class Engine:
         check = self.check
         if not extra_members:
             return [check(p, perm, r, time=time) for p, perm, r in queries]
-        none: frozenset[str] = frozenset()
-        return [check(p, perm, r, time=time, extra_members=extra_members.get(p, none)) for p, perm, r in queries]
+        return [check(p, perm, r, time=time, extra_members=extra_members.get(p)) for p, perm, r in queries]
 
     def test_iam_permissions(self, principal: str | None, resource: str, permissions: Iterable[str], *,
                              time: dt.datetime | None = None,
-                             extra_members: frozenset[str] = frozenset()) -> list[str]:
+                             extra_members: frozenset[str] | None = None) -> list[str]:
         """The subset of ``permissions`` the principal holds on ``resource`` (testIamPermissions)."""
         perms = [names.parse_permission(p, f"permissions[{i}]") for i, p in enumerate(permissions)]
         return [p for p in dict.fromkeys(perms)
@@ -515,7 +514,7 @@ class Engine:
 
     # =================================================================================== explaining
     def explain(self, principal: str | None, permission: str, resource: str, *,
-                extra_members: frozenset[str] = frozenset(),
+                extra_members: frozenset[str] | None = None,
                 time: dt.datetime | None = None) -> Explanation:
         """Every policy on the ancestry, every relevant binding and deny rule, with its verdict."""
         names.parse_permission(permission)
@@ -616,7 +615,7 @@ class Engine:
         result.sort(key=lambda a: (a.principal, a.resource, a.binding_index))
         return result
 
-    def what_can(self, principal: str | None, resource: str, *, extra_members: frozenset[str] = frozenset(),
+    def what_can(self, principal: str | None, resource: str, *, extra_members: frozenset[str] | None = None,
                  time: dt.datetime | None = None) -> dict[str, list[Access]]:
         """Every permission ``principal`` holds on ``resource``, with the grants that give it."""
         ident = self._groups.identity(principal, extra_members)
@@ -663,7 +662,7 @@ class Engine:
         return pol
 
     def check_with_policy(self, principal: str | None, permission: str, resource: str, *, at: str,
-                          extra_members: frozenset[str] = frozenset(),
+                          extra_members: frozenset[str] | None = None,
                           policy: AllowPolicy, time: dt.datetime | None = None) -> bool:
         """Would ``principal`` hold ``permission`` on ``resource`` if ``at`` had ``policy``? (what-if)"""
         ident = self._groups.identity(principal, extra_members)
@@ -832,7 +831,7 @@ class Engine:
     def group_members(self, group: str) -> tuple[str, ...]:
         return self._groups.members(names.parse_member(group if ":" in group else f"group:{group}", "group"))
 
-    def identity_keys(self, principal: str | None, extra_members: frozenset[str] = frozenset()
+    def identity_keys(self, principal: str | None, extra_members: frozenset[str] | None = None
                       ) -> tuple[str, ...]:
         """Every member key that matches ``principal``: itself, domain, groups (transitively), public sets,
         and the request's ``extra_members`` with the groups they belong to."""

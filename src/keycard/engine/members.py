@@ -114,7 +114,7 @@ class GroupGraph:
     def groups(self) -> list[str]:
         return list(self._members)
 
-    def identity(self, principal: str | None, extra: frozenset[str] = frozenset()) -> Identity:
+    def identity(self, principal: str | None, extra: frozenset[str] | None = None) -> Identity:
         """The member keys matching ``principal`` (cached until the next group write).
 
         ``extra``: member keys this request's credential puts the caller in beyond what its name says —

@@ -126,7 +126,7 @@ class Authenticator:
         if user is None:
             return None
         return AccessToken(token, user.principal, user.expires_at, {**user.claims, "idp": user.provider},
-                           frozenset(user.groups))
+                           frozenset(user.groups) or None)
 
     # ------------------------------------------------------------------------ self-signed JWTs
     def _self_signed_jwt(self, token: str, now: dt.datetime) -> AccessToken:

@@ -64,7 +64,7 @@ class AccessToken:
     claims: Mapping[str, Any] = field(default_factory=dict)
     # the sets this credential puts its principal in, for this request only (Engine.check's extra_members):
     # a federated token's principalSet://…/group/G and …/attribute.NAME/VALUE, an IdP ID token's group: keys
-    extra_members: frozenset[str] = frozenset()
+    extra_members: frozenset[str] | None = None       # None: no sets
 
     @property
     def expires_in(self) -> int:
@@ -178,7 +178,7 @@ class KeySet:
             raise Unauthenticated("Request had invalid authentication credentials: the access token expired. "
                                   "Get a new one.", reason="ACCESS_TOKEN_EXPIRED")
         sub = str(claims["sub"])
-        return AccessToken(token, sub, exp, claims, federated_sets(sub, claims) if "fed" in claims else frozenset())
+        return AccessToken(token, sub, exp, claims, (federated_sets(sub, claims) or None) if "fed" in claims else None)
 
 
 def federated_sets(principal: str, claims: Mapping[str, Any]) -> frozenset[str]:

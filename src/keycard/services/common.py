@@ -47,7 +47,7 @@ class Caller:
     claims: Mapping[str, Any] | None = None   # the verified credential's claims (scope, key id, provider, …)
     # the sets the credential puts the caller in, for this request only (a federated token's principal sets,
     # an IdP token's groups): every check of this caller passes them to the engine as extra_members
-    extra_members: frozenset[str] = frozenset()
+    extra_members: frozenset[str] | None = None     # None: no sets (the engine's fast path)
 
     @property
     def email(self) -> str:

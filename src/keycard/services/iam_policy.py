@@ -311,7 +311,7 @@ _STABLE_MEMBERS = {"user", "group", "serviceAccount", "domain", "principal", "pr
 
 
 def _keeps(svc: Services, principal: str, permission: str, resource: str, final: AllowPolicy,
-           extra: frozenset[str] = frozenset()) -> bool:
+           extra: frozenset[str] | None = None) -> bool:
     """Does ``principal`` still hold ``permission`` on ``resource`` once ``final`` is its allow policy
     (or not hold it now, so there is nothing to lose)?
 

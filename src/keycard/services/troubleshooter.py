@@ -260,13 +260,13 @@ def _overall(deny: str, allow: str) -> str:
     return "GRANTED"
 
 
-def _identity_keys(engine: Engine, principal: str, extra: frozenset[str] = frozenset()) -> frozenset[str]:
+def _identity_keys(engine: Engine, principal: str, extra: frozenset[str] | None = None) -> frozenset[str]:
     """Every member key that includes ``principal`` (itself, its domain, its groups, allUsers …, and the
     sets ``extra`` its credential carries)."""
     return frozenset(engine.identity_keys(principal, extra))
 
 
-def _explain(engine: Engine, at: AccessTuple, time: dt.datetime | None, extra: frozenset[str]
+def _explain(engine: Engine, at: AccessTuple, time: dt.datetime | None, extra: frozenset[str] | None
              ) -> tuple[Explanation, frozenset[str]]:
     when = at.receive_time or time
     ex = engine.explain(at.principal, at.permission, at.full_resource_name, time=when, extra_members=extra)
@@ -302,7 +302,7 @@ def _condition_explanation(res: ConditionResult | None) -> dict[str, Any] | None
 # =============================================================================================== v1
 
 def troubleshoot_v1(engine: Engine, request: Mapping[str, Any], *, time: dt.datetime | None = None,
-                    extra_members: frozenset[str] = frozenset()) -> dict[str, Any]:
+                    extra_members: frozenset[str] | None = None) -> dict[str, Any]:
     """``POST /v1/iam:troubleshoot``: Google's TroubleshootIamPolicyResponse (v1) as JSON."""
     at = parse_access_tuple(request)
     ex, keys = _explain(engine, at, time, extra_members)
@@ -460,7 +460,7 @@ def _deny_rule_v3(d: DenyRuleExplanation, pol: DenyPolicy, keys: frozenset[str],
 
 
 def troubleshoot_v3(engine: Engine, request: Mapping[str, Any], *, time: dt.datetime | None = None,
-                    extra_members: frozenset[str] = frozenset()) -> dict[str, Any]:
+                    extra_members: frozenset[str] | None = None) -> dict[str, Any]:
     """``POST /v3/iam:troubleshoot``: Google's TroubleshootIamPolicyResponse (iam v3) as JSON."""
     at = parse_access_tuple(request, v3=True)
     ex, keys = _explain(engine, at, time, extra_members)

@@ -57,7 +57,7 @@ def troubleshoot(svc: Services, caller: Caller, body: Any, *, v3: bool) -> dict[
     engine = svc.runtime.engine
     # troubleshooting one's own access: the sets of the credential in hand count, as they do in a check
     extra = caller.extra_members if caller.principal is not None and \
-        caller.principal.lower() == at.principal.lower() else frozenset[str]()
+        caller.principal.lower() == at.principal.lower() else None
     if v3:
         out = ts.troubleshoot_v3(engine, body, time=svc.clock(), extra_members=extra)
         if out["overallAccessState"] != "CAN_ACCESS":   # keycard extension: what would grant it

@@ -5,7 +5,7 @@ Per request: drop identity headers the client sent (``X-Goog-Authenticated-User-
 ``Proxy-Authorization: Bearer``, else the session cookie); ask keycard (:mod:`.decisions`, cached
 ≤ 1 s); then
 
-* allowed → forward to the upstream over kept-alive connections, streaming both bodies, with
+* allowed → forward to the upstream (:mod:`.upstream`: kept-alive connections, both bodies streamed), with
   ``X-Goog-Authenticated-User-Email/Id`` (``accounts.keycard:``) and ``X-Goog-IAP-JWT-Assertion``;
 * no credential / a bad one → a browser (``Accept: text/html``) is redirected to sign in
   (:mod:`.signin`), an API caller gets 401 with ``WWW-Authenticate``;
@@ -25,7 +25,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -42,6 +42,7 @@ from keycard.proxy.signin import (
     unverified_claims,
     without_cookies,
 )
+from keycard.proxy.upstream import UpstreamError, UpstreamPool
 
 __all__ = ["ProxyApp"]
 
@@ -69,18 +70,21 @@ class ProxyApp:
         self.signer = CookieSigner(cookie_secret or secrets.token_bytes(32))
         self.client_secret = client_secret
         self.public_url = public_url.rstrip("/") if public_url else None
-        self.client: httpx.AsyncClient | None = None
+        self.client: httpx.AsyncClient | None = None     # to the identity provider (sign-in only)
+        u = urlsplit(self.upstream)
+        if u.scheme != "http" or not u.hostname or u.path not in ("", "/"):
+            raise ValueError(f"upstream {upstream!r}: expected http://HOST:PORT (the service beside the proxy)")
+        self.pool = UpstreamPool(u.hostname, u.port or 80)
         self._providers: dict[tuple[str, str], Provider] = {}
 
     # ------------------------------------------------------------------------------ lifecycle
     async def startup(self) -> None:
-        self.client = httpx.AsyncClient(base_url=self.upstream, timeout=httpx.Timeout(60.0, connect=10.0),
-                                        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
-                                        follow_redirects=False)
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
         await self.decisions.start()
 
     async def shutdown(self) -> None:
         await self.decisions.close()
+        await self.pool.close()
         if self.client is not None:
             await self.client.aclose()
 
@@ -182,29 +186,34 @@ class ProxyApp:
                      extra=[(b"www-authenticate", f'Bearer realm="keycard", resource="{d.resource}"'.encode())])
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, d: Decision, source: bytes | None) -> None:
-        assert self.client is not None
-        headers = self.upstream_headers(scope["headers"], d, source, scope)
+        headers = [(k.encode("latin-1"), v.encode("latin-1"))
+                   for k, v in self.upstream_headers(scope["headers"], d, source, scope)]
         target = scope.get("raw_path") or scope["path"].encode()
-        url = target.decode("latin-1") + (("?" + scope["query_string"].decode("latin-1"))
-                                           if scope.get("query_string") else "")
-        method = scope["method"]
-        has_body = method not in ("GET", "HEAD", "OPTIONS", "DELETE") or any(
-            k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
-        req = self.client.build_request(method, url, headers=headers,
-                                        content=_body(receive) if has_body else None)
-        try:
-            resp = await self.client.send(req, stream=True)
-        except httpx.HTTPError as e:
-            log.warning("upstream %s failed: %s", self.upstream, e)
-            return await _error(send, scope, 502, "BAD_GATEWAY", "The upstream service did not answer.")
-        try:
-            out = [(k, v) for k, v in resp.headers.raw if k.lower() not in _RESPONSE_HOP]
-            await send({"type": "http.response.start", "status": resp.status_code, "headers": out})
-            async for chunk in resp.aiter_raw():
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        chunked = any(k == b"transfer-encoding" for k, _ in scope["headers"])
+        body = _body(receive) if chunked or (length is not None and length != b"0") else None
+        started = False
+
+        async def start(status: int, answer: list[tuple[bytes, bytes]]) -> None:
+            nonlocal started
+            started = True
+            out = [(k, v) for k, v in answer if k.lower() not in _RESPONSE_HOP]
+            await send({"type": "http.response.start", "status": status, "headers": out})
+
+        async def part(chunk: bytes) -> None:
+            if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            await resp.aclose()
+
+        try:
+            await self.pool.request(scope["method"], target, headers, body, None if chunked else length, start, part)
+        except UpstreamError as e:
+            log.warning("upstream %s: %s", self.upstream, e)
+            if not started:
+                return await _error(send, scope, 502, "BAD_GATEWAY", "The upstream service did not answer.")
+            return                        # the answer broke off midway: the client sees the connection end
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # --------------------------------------------------------------------------------- sign-in
     def _tls(self, scope: Scope) -> bool:

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat uv.lock pyproject.toml | cksum | cut -d'
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run demo test lint typecheck bench bench-server bench-identity bench-quick clean
+.PHONY: install run demo test lint typecheck browser bench bench-server bench-identity bench-proxy bench-quick clean
 
 install: $(STAMP)
 
@@ -38,7 +38,14 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-test: lint typecheck
+# Debian's Chromium for the proxy's browser sign-in test (tests/server/test_proxy_browser.py, Playwright).
+# Installed with apt when missing and possible (root); otherwise that test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+	  echo "chromium is not installed: the proxy's browser sign-in test will be skipped"
+
+test: lint typecheck browser
 	$(VENV)/bin/pytest
 
 # The engine against Cedar, Rego (regorus), Casbin and a naive evaluator; then the server over HTTP.
@@ -48,6 +55,7 @@ bench: install
 	$(VENV)/bin/python bench/server.py --backends sqlite,postgresql --out docs/benchmarks.md
 	$(VENV)/bin/python bench/identity.py --out docs/benchmarks.md
 	$(VENV)/bin/python bench/ml.py --out docs/benchmarks.md
+	$(VENV)/bin/python bench/proxy.py --out docs/benchmarks.md
 	$(VENV)/bin/python bench/asset.py --out docs/benchmarks.md
 	$(VENV)/bin/python bench/reco.py --out docs/benchmarks.md
 
@@ -56,6 +64,9 @@ bench-server: install
 
 bench-identity: install
 	$(VENV)/bin/python bench/identity.py --out docs/benchmarks.md
+
+bench-proxy: install
+	$(VENV)/bin/python bench/proxy.py --out docs/benchmarks.md
 
 bench-quick: install
 	$(VENV)/bin/python bench/run.py --quick --out /tmp/keycard-bench-quick.md

@@ -211,7 +211,8 @@ def check_access(svc: Services, caller: Caller, authn: Authenticator, keys: KeyS
     if at is not None:
         user.principal = at.principal
         request_attrs = {"request.path": attrs["path"], "request.host": attrs["host"]}
-        d = svc.runtime.engine.check(at.principal, ACCESS, rn.full, time=now, attributes=request_attrs)
+        d = svc.runtime.engine.check(at.principal, ACCESS, rn.full, time=now, attributes=request_attrs,
+                                     extra_members=at.extra_members)
         uid = user_id(at.principal, at.claims, svc)
         email = user.email
         out.update(principal=at.principal, email=email, userId=f"accounts.keycard:{uid}",

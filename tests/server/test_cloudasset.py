@@ -219,3 +219,35 @@ def test_bad_requests_are_400_naming_the_field(server: Server, world: dict[str, 
     r = server.client().get(path)
     assert r.status_code == 400, r.text
     assert field in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/v1/organizations/abc:analyzeIamPolicy?analysisQuery.identitySelector.identity=user:a@example.com", None),
+    ("GET", "/v1/projects/ca-proj-1:analyzeIamPolicy?analysisQuery.options.expandGroups=maybe&"
+            "analysisQuery.identitySelector.identity=user:a@example.com", None),
+    ("GET", "/v1/projects/ca-proj-1:analyzeIamPolicy?analysisQuery.accessSelector.permissions=not%20a%20perm&"
+            "analysisQuery.identitySelector.identity=user:a@example.com", None),
+    ("GET", "/v1/projects/ca-proj-1:analyzeIamPolicy?savedAnalysisQuery=x", None),
+    ("GET", "/v1/projects/ca-proj-1:searchAllResources?query=name:(", None),
+    ("GET", "/v1/projects/ca-proj-1:searchAllResources?pageSize=-3", None),
+    ("GET", "/v1/projects/ca-proj-1:searchAllIamPolicies?assetTypes=((&query=policy:x", None),
+    ("GET", "/v1/billingAccounts/1:searchAllResources", None),
+    ("POST", "/v1/projects/ca-proj-1:exportAssets", {"outputConfig": "gs://x"}),
+    ("POST", "/v1/projects/ca-proj-1:exportAssets", {"outputConfig": {"gcsDestination": {"uri": "s3://b/o"}}}),
+    ("POST", "/v1/projects/ca-proj-1:exportAssets", {"contentType": "ORG_POLICY",
+                                                     "outputConfig": {"gcsDestination": {"uri": "gs://b/o"}}}),
+    ("POST", "/v1/projects/ca-proj-1:exportAssets", {"assetTypes": "x",
+                                                     "outputConfig": {"gcsDestination": {"uri": "gs://b/o"}}}),
+    ("POST", "/v1/projects/ca-proj-1:exportAssets", ["not", "an", "object"]),
+    ("GET", "/v1/projects/ca-proj-1/operations/ExportAssets/nope", None),
+    ("POST", "/v2/entries:list", {"resourceNames": "projects/ca-proj-1"}),
+    ("POST", "/v2/entries:list", {"resourceNames": ["projects/ca-proj-1"], "pageSize": "many"}),
+    ("POST", "/v2/entries:list", {"resourceNames": ["projects/ca-proj-1"], "filter": 7}),
+    ("POST", "/v2/entries:list", {"projectIds": [1, 2]}),
+    ("POST", "/v2/entries:list", []),
+])
+def test_odd_input_is_a_4xx_never_a_500(server: Server, world: dict[str, str], method: str, path: str,
+                                        body: Any) -> None:
+    r = server.client().request(method, path, json=body) if body is not None else server.client().request(method, path)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert r.json()["error"]["message"]

@@ -121,6 +121,9 @@ def _asset_types(query: Mapping[str, Any], lists: Mapping[str, list[str]]) -> li
     for t in raw:
         for one in str(t).split(","):
             one = one.strip()
+            if one and not re.fullmatch(r"[\w.*/-]+", one):
+                raise InvalidArgument(f"Invalid assetTypes {one!r}: an asset type such as "
+                                      "'storage.googleapis.com/Bucket' (or with '.*' wildcards).", field="assetTypes")
             if one:
                 out.append(re.compile("^" + ".*".join(re.escape(x) for x in one.split(".*")) + "$"))
     return out

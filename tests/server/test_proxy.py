@@ -188,6 +188,14 @@ def test_path_condition_admits_predict_and_refuses_admin(env: Setup) -> None:
     assert r.status_code == 403, r.text
     assert PERMISSION in r.json()["error"]["message"]
     assert not [s for s in env.seen() if s["path"] == "/admin"]
+    # dot segments cannot smuggle /admin past a condition on the path (raw or percent-encoded)
+    with httpx.Client(timeout=10) as c:
+        for sneaky in ("/predict/../admin", "/predict/%2e%2e/admin", "/predict/..%2fadmin", "/predict\\..\\admin"):
+            req = c.build_request("GET", env.proxy.url + "/x", headers=auth)
+            req.url = req.url.copy_with(raw_path=sneaky.encode())
+            r = c.send(req)
+            assert r.status_code in (400, 403), (sneaky, r.status_code, r.text)
+    assert not [s for s in env.seen() if "admin" in s["path"]]
     # a host condition sees request.host
     env.grant(f"user:{USER}", {"title": "other host", "expression": 'request.host == "models.example.com"'})
     _until(lambda: httpx.get(env.proxy.url + "/predict", headers=auth, timeout=10).status_code == 403)

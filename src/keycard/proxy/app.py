@@ -171,6 +171,9 @@ class ProxyApp:
         if path == SIGN_OUT:
             return await _respond(send, 200, b"Signed out.", "text/plain", extra=[
                 (b"set-cookie", cookie_header(SESSION_COOKIE, "", max_age=0, secure=self._tls(scope)))])
+        if unsafe_path(scope):
+            return await _error(send, scope, 400, "INVALID_ARGUMENT", "The path holds '.' or '..' segments or a "
+                                "backslash; send the normalized path.")
         d, _cred, source = await self.decide(scope)
         if d is None:
             return await _error(send, scope, 503, "UNAVAILABLE", "keycard cannot be reached to decide this request; "
@@ -273,7 +276,7 @@ class ProxyApp:
             return await _error(send, scope, 401, "UNAUTHENTICATED", "Sign-in failed: the ID token's nonce does "
                                 "not match this sign-in.")
         back = str(auth.get("b") or "/")
-        if not back.startswith("/") or back.startswith("//"):
+        if not back.startswith("/") or back.startswith("//") or "\\" in back:
             back = "/"
         secure = self._tls(scope)
         session = self.signer.sign({"t": token, "exp": exp})
@@ -294,6 +297,14 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
             yield chunk
         if not msg.get("more_body", False):
             return
+
+
+def unsafe_path(scope: Scope) -> bool:
+    """A path whose meaning an upstream could change after the decision: dot segments (also
+    percent-encoded) or backslashes. Conditions on request.path must see what the upstream serves."""
+    path: str = scope["path"]
+    raw = (scope.get("raw_path") or b"").decode("latin-1").lower()
+    return "\\" in path or "%5c" in raw or any(seg in (".", "..") for seg in path.split("/"))
 
 
 def _is_browser(scope: Scope) -> bool:

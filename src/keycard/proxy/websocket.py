@@ -21,6 +21,10 @@ async def relay(app: ProxyApp, scope: Scope, receive: Receive, send: Send) -> No
     first = await receive()
     if first["type"] != "websocket.connect":
         return
+    from keycard.proxy.app import unsafe_path
+    if unsafe_path(scope):
+        await send({"type": "websocket.close", "code": _POLICY_VIOLATION})
+        return
     d, _cred, source = await app.decide(scope)
     if d is None or d.decision != "ALLOW":
         # a refused upgrade: the client sees the handshake fail (403 under uvicorn), never the upstream

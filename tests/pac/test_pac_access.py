@@ -150,3 +150,20 @@ def test_document_errors_name_file_line_field(text: str, message: str) -> None:
     with pytest.raises(DocumentError) as e:
         parse_text(text, "d.yaml")
     assert message in e.value.message
+
+
+def test_self_lockout_names_the_caller() -> None:
+    before = parse_text("organization:\n  iam: authoritative\n  bindings:\n"
+                        "    - role: roles/resourcemanager.folderIamAdmin\n      members: [user:root@example.com]\n"
+                        "folders:\n  - path: f\n    iam: authoritative\n    bindings:\n"
+                        "      - role: roles/resourcemanager.folderIamAdmin\n        members: [user:a@example.com]\n",
+                        "d.yaml")
+    before.organization = "organizations/1"
+    after = copy.deepcopy(before)
+    after.nodes["folder:f"].bindings = {("roles/browser", None): frozenset({"user:a@example.com"})}
+    rel = relative_names(after, {"folder:f": "folders/11"})
+    old, new = build_engine(before, rel, strict=False), build_engine(after, rel, strict=False)
+    assert lockouts(before, after, rel, old=old, new=new, nodes={"folder:f"}) == []   # root still holds it
+    assert lockouts(before, after, rel, old=old, new=new, nodes={"folder:f"}, caller="user:a@example.com",
+                    written={"folder:f"}) == [
+        "folders/11 (folder:f): you (user:a@example.com) would lose resourcemanager.folders.setIamPolicy on it"]

@@ -250,7 +250,7 @@ def test_bad_documents_apply_nothing(servers: tuple[Server, Server], tmp_path: P
 def test_concurrent_change_fails_cleanly(servers: tuple[Server, Server], tmp_path: Path) -> None:
     from keycard.client import Client, StaticToken
     from keycard.pac.document import parse_text
-    from keycard.pac.live import read_live
+    from keycard.pac.live import caller_principal, read_live
     from keycard.pac.plan import make_plan
     from keycard.pac.steps import ConcurrentChange, Context
     _a, b = servers
@@ -258,6 +258,7 @@ def test_concurrent_change_fails_cleanly(servers: tuple[Server, Server], tmp_pat
     d["projects"][0]["bindings"].append({"role": "roles/viewer", "members": ["user:paula@example.com"]})
     with Client(b.url, StaticToken(b.token())) as client:
         live = read_live(client)
+        assert caller_principal(client) == "user:alice@example.com"
         plan = make_plan(live, parse_text(yaml.safe_dump(d), "doc.yaml"))
         step = next(s for s in plan.steps if s.kind == "allowPolicy")
         with b.client() as c:     # someone else writes the policy between plan and apply

@@ -17,7 +17,7 @@ from keycard.cli.remote import Client, remote
 from keycard.client import ApiError
 from keycard.pac.document import DocumentError, read_documents
 from keycard.pac.export import to_document
-from keycard.pac.live import Live, read_live
+from keycard.pac.live import Live, caller_principal, read_live
 from keycard.pac.model import State
 from keycard.pac.plan import Plan, make_plan
 from keycard.pac.steps import ConcurrentChange, Context
@@ -48,8 +48,9 @@ def _plan(client: Client, files: list[Path], organization: str | None) -> tuple[
     desired = _read(files)
     with err.status("Reading the server's current state…"):
         live = read_live(client, organization=organization)
+        caller = caller_principal(client)
     try:
-        return live, make_plan(live, desired)
+        return live, make_plan(live, desired, caller=caller)
     except DocumentError as e:
         err.print(f"[red]error:[/] {e.message}", highlight=False, markup=False)
         err.print("Nothing was applied.", highlight=False)

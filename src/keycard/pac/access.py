@@ -215,12 +215,18 @@ def access_delta(before: State, after: State, rel: dict[str, str], *, old: Engin
 
 
 def lockouts(before: State, after: State, rel: dict[str, str], *, old: Engine, new: Engine,
-             nodes: set[str]) -> list[str]:
-    """Nodes that have a holder of their setIamPolicy permission now and would have none after."""
+             nodes: set[str], caller: str | None = None, written: frozenset[str] | set[str] = frozenset()
+             ) -> list[str]:
+    """Nodes that have a holder of their setIamPolicy permission now and would have none after; with
+    ``caller``, also the nodes whose policy apply writes and on which the caller would lose it (the
+    server refuses those writes itself without X-Keycard-Allow-Lockout)."""
     out = []
-    for nid in sorted(nodes & set(before.nodes) & set(after.nodes)):
+    for nid in sorted((nodes | written) & set(before.nodes) & set(after.nodes)):
         n = after.nodes[nid]
         perm, resource = SET_IAM[n.kind], _full(rel[nid])
         if old.who_has(perm, resource) and not new.who_has(perm, resource):
             out.append(f"{rel[nid]} ({nid}): no principal would hold {perm} on it")
+        elif caller and nid in written and old.check(caller, perm, resource).allowed \
+                and not new.check(caller, perm, resource).allowed:
+            out.append(f"{rel[nid]} ({nid}): you ({caller}) would lose {perm} on it")
     return out

@@ -83,6 +83,20 @@ def read_live(client: Client, *, organization: str | None = None, project: str |
     return live
 
 
+def caller_principal(client: Client) -> str | None:
+    """Who the client calls as (OAuth2 tokeninfo), or None when that cannot be told."""
+    if client.creds is None:
+        return None
+    try:
+        info = client.request("POST", "/oauth2/v3/tokeninfo", json={"access_token": client.creds.token()})
+    except ApiError:
+        return None
+    email = str(info.get("email", "")) if isinstance(info, dict) else ""
+    if not email:
+        return None
+    return f"serviceAccount:{email}" if email.endswith(".gserviceaccount.com") else f"user:{email}"
+
+
 def _parent_id(client: Client, live: Live, parent: str) -> str:
     """The node id of a project's parent, walking folders up to the organization for their path."""
     if parent.startswith("organizations/"):

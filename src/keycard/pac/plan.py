@@ -66,7 +66,8 @@ def resolve_org(desired: State, number: str) -> State:
     return out
 
 
-def make_plan(live: Live, desired_doc: State) -> Plan:
+def make_plan(live: Live, desired_doc: State, *, caller: str | None = None) -> Plan:
+    """``caller``: the principal apply writes as (``user:…``/``serviceAccount:…``), for the self-lockout check."""
     desired = resolve_org(desired_doc, live.org_number)
     cur = live.state
     after = copy.deepcopy(cur)
@@ -181,7 +182,8 @@ def make_plan(live: Live, desired_doc: State) -> Plan:
     eng = build_engine(after, rel, strict=True)
     access = access_delta(cur, after, rel, old=old, new=eng)
     policy_nodes = {s.target for s in steps if s.kind == "allowPolicy"}
-    locks = lockouts(cur, after, rel, old=old, new=eng, nodes=touched_nodes(cur, after) | policy_nodes)
+    locks = lockouts(cur, after, rel, old=old, new=eng, nodes=touched_nodes(cur, after), caller=caller,
+                     written=policy_nodes)
     new_grants = [{"resource": rel[i], "node": i, "role": role, "member": m}
                   for i in sorted(set(after.nodes) - set(cur.nodes))
                   for role, _c, m in sorted(flat(after.nodes[i].bindings), key=lambda t: (t[0], t[2]))]

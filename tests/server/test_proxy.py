@@ -122,6 +122,12 @@ def test_api_caller_without_credentials_gets_401_with_www_authenticate(env: Setu
     assert r.json()["error"]["status"] == "UNAUTHENTICATED"
     r = httpx.get(env.proxy.url + "/predict", headers={"Authorization": "Bearer kc1.forged.token.x"}, timeout=10)
     assert r.status_code == 401, r.text
+    # a keycard token with a tampered signature is refused by the proxy against keycard's JWKS
+    token = env.server.token(USER)
+    head, claims, sig = token.split(".")[1:]
+    tampered = f"kc1.{head}.{claims}.{sig[:-6]}{'AAAAAA' if not sig.endswith('AAAAAA') else 'BBBBBB'}"
+    r = httpx.get(env.proxy.url + "/predict", headers={"Authorization": f"Bearer {tampered}"}, timeout=10)
+    assert r.status_code == 401 and "keycard's keys" in r.json()["error"]["message"], r.text
     assert not [s for s in env.seen() if s["path"] == "/predict"]
 
 

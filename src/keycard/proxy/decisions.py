@@ -4,7 +4,8 @@ The proxy never opens keycard's database: it asks ``POST /v1/{resource}:keycardC
 its own bearer (a keycard token, or a self-signed JWT made from a service-account key file every
 50 minutes) and needs ``iap.webServices.getSettings`` on the resource. A decision is cached per
 (credential, host, path) for at most ``ttl`` seconds, so a revoked grant or a disabled account stops
-traffic within that time; concurrent misses of one key share one call. Requests answered from the
+traffic within that time; concurrent misses of one key share one call; a keycard-signed credential
+that does not verify against keycard's JWKS is refused here (:mod:`.localcheck`). Requests answered from the
 cache are queued and sent to ``:keycardRecordAccess`` every ``flush_interval`` seconds.
 """
 
@@ -20,9 +21,12 @@ from typing import Any
 
 import httpx
 
+from keycard.proxy.localcheck import LocalCheck
+
 __all__ = ["Credential", "Decision", "Decisions", "KeycardUnavailable"]
 
 MAX_TTL = 1.0
+ACCESS = "iap.webServiceVersions.accessViaIAP"
 _CACHE_LIMIT = 50_000
 _BATCH = 2000
 
@@ -83,15 +87,22 @@ class Decisions:
     _inflight: dict[tuple[str, str, str], asyncio.Future[Decision]] = field(default_factory=dict)
     _pending: list[dict[str, Any]] = field(default_factory=list)
     _flusher: asyncio.Task[None] | None = None
+    _local: LocalCheck = field(init=False)
     calls: int = 0                         # keycardCheckAccess calls made (for tests and the bench)
 
     def __post_init__(self) -> None:
         self.ttl = min(max(self.ttl, 0.0), MAX_TTL)
+        self._local = LocalCheck(self.endpoint.rstrip("/") + "/.well-known/jwks.json")
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient(base_url=self.endpoint.rstrip("/"), timeout=10.0,
                                          limits=httpx.Limits(max_keepalive_connections=20))
+        await self._local.refresh(self._client)
         self._flusher = asyncio.create_task(self._flush_loop())
+
+    def _http(self) -> httpx.AsyncClient:
+        assert self._client is not None, "Decisions.start() first"
+        return self._client
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -117,7 +128,12 @@ class Decisions:
         fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            d = await self._ask(credential, host, path, method, caller_ip)
+            why = await self._local.refusal(credential, self._http()) if credential else None
+            if why is not None:
+                d = Decision("UNAUTHENTICATED", message=f"Request had invalid authentication credentials: {why}.",
+                             permission=ACCESS, resource=self.resource)
+            else:
+                d = await self._ask(credential, host, path, method, caller_ip)
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = (self.clock() + self.ttl, d)

@@ -26,7 +26,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
-from proxy_helpers import ACCESSOR, Proc, ok, set_bindings, start_proxy, start_upstream, write_key
+from proxy_helpers import ACCESSOR, Proc, ok, self_signed, set_bindings, start_proxy, start_upstream, write_key
 
 from conftest import Server
 
@@ -154,7 +154,7 @@ def _key(admin: httpx.Client, account: str) -> tuple[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def site(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, TestIdP]]:
+def site(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, TestIdP, Proc]]:
     tmp = tmp_path_factory.mktemp("proxy-browser")
     idp = TestIdP()
     admin = server.client()
@@ -168,13 +168,17 @@ def site(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
                                    {"role": ACCESSOR, "members": [f"user:{GRANTED}"]}])
     upstream = start_upstream(tmp, server.url, FULL)
     proxy: Proc | None = None
+    tls: Proc | None = None
     try:
-        proxy = start_proxy(tmp, upstream=upstream.url, resource=RESOURCE, endpoint=server.url,
-                            key_file=write_key(tmp, "web-proxy", proxy_key))
-        yield proxy, idp
+        key_file = write_key(tmp, "web-proxy", proxy_key)
+        proxy = start_proxy(tmp, upstream=upstream.url, resource=RESOURCE, endpoint=server.url, key_file=key_file)
+        tls = start_proxy(tmp, upstream=upstream.url, resource=RESOURCE, endpoint=server.url, key_file=key_file,
+                          tls=self_signed(tmp))
+        yield proxy, idp, tls
     finally:
-        if proxy is not None:
-            proxy.stop()
+        for p in (proxy, tls):
+            if p is not None:
+                p.stop()
         upstream.stop()
         idp.stop()
         admin.close()
@@ -188,10 +192,10 @@ def _sign_in(page: Any, url: str, idp: TestIdP, email: str) -> None:
     page.click("#signin")
 
 
-def test_browser_signs_in_through_the_org_idp_and_reaches_the_app(site: tuple[Proc, TestIdP]) -> None:
+def test_browser_signs_in_through_the_org_idp_and_reaches_the_app(site: tuple[Proc, TestIdP, Proc]) -> None:
     from playwright.sync_api import sync_playwright
 
-    proxy, idp = site
+    proxy, idp, _ = site
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
@@ -218,10 +222,10 @@ def test_browser_signs_in_through_the_org_idp_and_reaches_the_app(site: tuple[Pr
             browser.close()
 
 
-def test_a_signed_in_person_without_access_sees_403_naming_the_permission(site: tuple[Proc, TestIdP]) -> None:
+def test_a_signed_in_person_without_access_sees_403_naming_the_permission(site: tuple[Proc, TestIdP, Proc]) -> None:
     from playwright.sync_api import sync_playwright
 
-    proxy, idp = site
+    proxy, idp, _ = site
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
@@ -237,11 +241,30 @@ def test_a_signed_in_person_without_access_sees_403_naming_the_permission(site: 
             browser.close()
 
 
-def test_a_forged_session_cookie_is_ignored(site: tuple[Proc, TestIdP]) -> None:
-    proxy, idp = site
+def test_a_forged_session_cookie_is_ignored(site: tuple[Proc, TestIdP, Proc]) -> None:
+    proxy, idp, _ = site
     forged = _b64(json.dumps({"t": idp.id_token(GRANTED, ""), "exp": int(time.time()) + 600}).encode()) + ".AAAA"
     r = httpx.get(proxy.url + "/x", headers={"Cookie": f"__keycard_session={forged}", "Accept": "text/html"},
                   timeout=10)
     assert r.status_code == 302 and r.headers["location"].startswith(idp.issuer + "/authorize")
     r = httpx.get(proxy.url + "/x", headers={"Cookie": f"__keycard_session={forged}"}, timeout=10)
     assert r.status_code == 401
+
+
+def test_over_tls_the_session_cookie_is_secure(site: tuple[Proc, TestIdP, Proc]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    _, idp, tls = site
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            context = browser.new_context(ignore_https_errors=True)      # the test's self-signed certificate
+            page = context.new_page()
+            _sign_in(page, tls.url + "/secure", idp, GRANTED)
+            page.wait_for_url(tls.url + "/secure")
+            echo = json.loads(page.inner_text("body"))
+            assert {k.lower(): v for k, v in echo["headers"]}["x-forwarded-proto"] == "https"
+            cookie = next(c for c in context.cookies() if c["name"] == "__keycard_session")
+            assert cookie["secure"] and cookie["httpOnly"], cookie
+        finally:
+            browser.close()

@@ -137,3 +137,22 @@ def test_impersonation_paths_are_followed() -> None:
     idents = [i["name"] for r in out for i in r["identityList"]["identities"]]
     assert f"serviceAccount:{sa}" in idents and "user:eve@example.com" in idents
     assert any(r.get("keycardImpersonates") == f"serviceAccount:{sa}" for r in out)
+
+
+def test_expand_resources_and_resource_edges() -> None:
+    eng = Engine(clock=lambda: T)
+    eng.add_resource(ORG)
+    eng.add_resource(f"{CRM}/folders/2", ORG)
+    eng.add_resource(f"{CRM}/projects/3", f"{CRM}/folders/2")
+    bucket = "//storage.googleapis.com/projects/_/buckets/bkt-one"
+    eng.add_resource(bucket, f"{CRM}/projects/3")
+    eng.set_iam_policy(f"{CRM}/folders/2", {"bindings": [{"role": "roles/viewer", "members": ["user:a@example.com"]}]})
+    out = analyze(eng, Query(identity="user:a@example.com", expand_resources=True), None)
+    assert [r["fullResourceName"] for r in out[0]["accessControlLists"][0]["resources"]] == [
+        f"{CRM}/folders/2", f"{CRM}/projects/3", bucket]
+    edges = analyze(eng, Query(resource=bucket, identity="user:a@example.com", output_resource_edges=True), None)
+    assert edges[0]["accessControlLists"][0]["resourceEdges"] == [
+        {"sourceNode": f"{CRM}/projects/3", "targetNode": bucket},
+        {"sourceNode": f"{CRM}/folders/2", "targetNode": f"{CRM}/projects/3"}]
+    # scoped to the project: the folder's policy is outside it
+    assert analyze(eng, Query(resource=bucket, identity="user:a@example.com"), f"{CRM}/projects/3") == []

@@ -149,9 +149,23 @@ def _in_scope(engine: Engine, node: Node, scope: str | None) -> bool:
     return any(n.name == scope for n in engine._h.chain(node))
 
 
-def _descendants(engine: Engine, node: Node) -> list[str]:
-    h = engine._h
-    return [n.name for n in list(h.nodes.values()) if n is not node and node in h.chain(n)]
+def _descendants(children: dict[str, list[str]], node: Node) -> list[str]:
+    out: list[str] = []
+    stack = [node.name]
+    while stack:
+        for c in children.get(stack.pop(), ()):
+            out.append(c)
+            stack.append(c)
+    return out
+
+
+def _children(engine: Engine) -> dict[str, list[str]]:
+    """parent name → child names, for expandResources (built once per analysis)."""
+    out: dict[str, list[str]] = {}
+    for n in list(engine._h.nodes.values()):
+        if n.parent is not None:
+            out.setdefault(n.parent.name, []).append(n.name)
+    return out
 
 
 def _condition(engine: Engine, binding: Any, resource: str, q: Query) -> str | None:
@@ -247,6 +261,7 @@ def _analyze_once(engine: Engine, q: Query, scope: str | None) -> list[dict[str,
     keys = frozenset(engine.identity_keys(q.identity)) if q.identity is not None else None
     want_roles = set(q.roles)
     want_perms = set(q.permissions)
+    children = _children(engine) if q.resource is None and q.expand_resources else {}
     out: list[dict[str, Any]] = []
     for n in nodes:
         pol = n.policy
@@ -267,7 +282,7 @@ def _analyze_once(engine: Engine, q: Query, scope: str | None) -> list[dict[str,
                     continue
             resources = [q.resource] if q.resource is not None else [n.name]
             if q.resource is None and q.expand_resources:
-                resources += _descendants(engine, n)
+                resources += _descendants(children, n)
             evaluation = _condition(engine, b, resources[0], q)
             if evaluation is None:
                 continue

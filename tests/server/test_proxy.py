@@ -183,6 +183,15 @@ def test_spoofed_identity_headers_never_reach_the_upstream(env: Setup) -> None:
             assert "alice@example.com" not in v, (s["path"], k, v)
 
 
+def test_proxy_authorization_leaves_the_apps_own_authorization_alone(env: Setup) -> None:
+    env.grant(f"user:{USER}")
+    headers = {"Proxy-Authorization": f"Bearer {env.server.token(USER)}", "Authorization": "Basic YXBwOnNlY3JldA=="}
+    _until(lambda: httpx.get(env.proxy.url + "/own-auth", headers=headers, timeout=10).status_code == 200)
+    h = headers_of(httpx.get(env.proxy.url + "/own-auth", headers=headers, timeout=10).json())
+    assert h["authorization"] == ["Basic YXBwOnNlY3JldA=="] and "proxy-authorization" not in h
+    assert h["x-goog-authenticated-user-email"] == [f"accounts.keycard:{USER}"]
+
+
 def test_path_condition_admits_predict_and_refuses_admin(env: Setup) -> None:
     user_token = env.server.token(USER)
     auth = {"Authorization": f"Bearer {user_token}"}

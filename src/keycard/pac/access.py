@@ -157,17 +157,21 @@ def _rules(n: Node) -> Iterable[dict[str, Any]]:
         yield from body.get("rules", [])
 
 
-def _principals(states: Iterable[State], nodes: set[str]) -> set[str]:
-    out: set[str] = set()
+def _chain(st: State, nid: str) -> list[str]:
+    out = []
+    cur: str | None = nid
+    while cur is not None and cur in st.nodes:
+        out.append(cur)
+        n = st.nodes[cur]
+        cur = n.parent if n.kind != ORG else None
+    return out
+
+
+def _expand(states: Iterable[State], members: set[str]) -> set[str]:
+    """``members`` and, for its groups, every member at any depth in either state."""
+    out = set(members)
     for st in states:
-        for nid in nodes:
-            cur: str | None = nid
-            while cur is not None and cur in st.nodes:
-                n = st.nodes[cur]
-                out.update(m for _r, _c, m in flat(n.bindings))
-                cur = n.parent if n.kind != ORG else None
-    for st in states:                       # groups expanded, to every depth
-        stack = [m[6:] for m in out if m.startswith("group:")]
+        stack = [m[6:] for m in members if m.startswith("group:")]
         seen: set[str] = set()
         while stack:
             g = stack.pop()
@@ -178,8 +182,12 @@ def _principals(states: Iterable[State], nodes: set[str]) -> set[str]:
                 out.add(m)
                 if m.startswith("group:"):
                     stack.append(m[6:])
+    return out
+
+
+def _usable(members: set[str]) -> set[str]:
     good = set()
-    for m in out:
+    for m in members:
         if m in ("allUsers", "allAuthenticatedUsers"):
             good.add(m)
             continue
@@ -192,6 +200,46 @@ def _principals(states: Iterable[State], nodes: set[str]) -> set[str]:
     return good
 
 
+class _Scope:
+    """Which principals can have a different access on a node: per node, not the union over all of them.
+
+    A node whose ancestry (itself included) has a deny-policy change, a move, or a binding of a changed
+    custom role: everyone its ancestry's bindings name. Otherwise only the members of bindings that
+    differ somewhere on its ancestry, and the members (at any depth) that changed groups gained or lost.
+    """
+
+    def __init__(self, before: State, after: State) -> None:
+        self.states = (before, after)
+        common = set(before.nodes) & set(after.nodes)
+        roles = {r for r in set(before.roles) | set(after.roles)
+                 if (before.roles[r].to_json() if r in before.roles else None)
+                 != (after.roles[r].to_json() if r in after.roles else None)}
+        self.wide = {i for i in common if (before.nodes[i].deny or {}) != (after.nodes[i].deny or {})
+                     or before.nodes[i].parent != after.nodes[i].parent
+                     or any(r in roles for st in self.states for r, _c, _m in flat(st.nodes[i].bindings))}
+        self.diff: dict[str, set[str]] = {}
+        for i in set(before.nodes) | set(after.nodes):
+            a = flat(before.nodes[i].bindings) if i in before.nodes else set()
+            b = flat(after.nodes[i].bindings) if i in after.nodes else set()
+            if a != b:
+                self.diff[i] = {m for _r, _c, m in a ^ b}
+        moved: set[str] = set()
+        for e in set(before.groups) | set(after.groups):
+            x = before.groups[e].members if e in before.groups else frozenset()
+            y = after.groups[e].members if e in after.groups else frozenset()
+            moved |= set(x ^ y)
+        self.group_members = _usable(_expand(self.states, moved))
+
+    def principals(self, nid: str) -> set[str]:
+        chain = set(_chain(self.states[0], nid)) | set(_chain(self.states[1], nid))
+        if chain & self.wide:
+            named = {m for st in self.states for c in chain if c in st.nodes
+                     for _r, _c, m in flat(st.nodes[c].bindings)}
+            return _usable(_expand(self.states, named))
+        named = set().union(*(self.diff.get(c, set()) for c in chain))
+        return _usable(_expand(self.states, named)) | self.group_members
+
+
 def _held(eng: Engine, principal: str, resource: str) -> dict[str, bool]:
     """permission → conditional? for every permission ``principal`` holds on ``resource``."""
     who = None if principal == "allUsers" else principal
@@ -200,11 +248,11 @@ def _held(eng: Engine, principal: str, resource: str) -> dict[str, bool]:
 
 def access_delta(before: State, after: State, rel: dict[str, str], *, old: Engine, new: Engine) -> list[Triple]:
     nodes = touched_nodes(before, after)
-    principals = _principals((before, after), nodes)
+    scope = _Scope(before, after)
     out: list[Triple] = []
     for nid in sorted(nodes):
         resource = _full(rel[nid])
-        for p in sorted(principals):
+        for p in sorted(scope.principals(nid)):
             was, now = _held(old, p, resource), _held(new, p, resource)
             for perm in was.keys() - now.keys():
                 out.append(Triple("lost", p, perm, rel[nid], was[perm]))

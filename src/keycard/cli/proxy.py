@@ -54,8 +54,11 @@ def proxy(
     decisions = Decisions(endpoint, rn.relative, Credential(token, credentials),
                           audiences=list(dict.fromkeys([*(audience or []), own.rstrip("/")])), ttl=decision_ttl)
     secret = os.environ.get("KEYCARD_PROXY_COOKIE_SECRET")
-    app = ProxyApp(decisions, upstream, cookie_secret=secret.encode() if secret else None,
-                   client_secret=os.environ.get("KEYCARD_PROXY_CLIENT_SECRET"), public_url=public_url)
+    try:
+        app = ProxyApp(decisions, upstream, cookie_secret=secret.encode() if secret else None,
+                       client_secret=os.environ.get("KEYCARD_PROXY_CLIENT_SECRET"), public_url=public_url)
+    except ValueError as e:
+        raise KeycardError(f"Invalid --upstream: {e}.") from None
     err.print(f"keycard proxy: {own} → {upstream}, protected by {rn.relative} (decisions by {endpoint})",
               highlight=False, markup=False)
     uvicorn.run(app, host=host, port=int(port), log_level="warning", access_log=False, lifespan="on",

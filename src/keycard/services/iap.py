@@ -58,8 +58,8 @@ def parse_iap_resource(relative: str, fld: str = "resource", *, served: bool = F
     """``projects/P/iap_web/…`` → its parsed name; ``served``: a service or version (what a proxy fronts)."""
     rn = names.parse_resource(f"//{SERVICE}/{relative}", fld)
     if rn.type not in _TYPES or (served and rn.type not in _SERVED):
-        want = ("projects/PROJECT/iap_web/TYPE/services/SERVICE[/versions/VERSION]" if served
-                else "projects/PROJECT/iap_web[/TYPE[/services/SERVICE[/versions/VERSION]]]")
+        want = ("projects/PROJECT/iap_web/TYPE/services/SERVICE (or …/versions/VERSION)" if served
+                else "projects/PROJECT/iap_web, optionally followed by /TYPE, /services/SERVICE, /versions/VERSION")
         raise InvalidArgument(f"Invalid {fld} {relative!r}: expected {want}, e.g. "
                               "projects/my-project/iap_web/compute/services/model-api (TYPE: lower-case letters, "
                               "digits and '-').", field=fld)

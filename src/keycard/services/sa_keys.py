@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cryptography import x509
@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from keycard.errors import FailedPrecondition, InvalidArgument, KeycardError, NotFound
+from keycard.errors import Aborted, FailedPrecondition, InvalidArgument, KeycardError, NotFound
 from keycard.identity.registry import FAR_FUTURE, AccountKey, ServiceAccount
 from keycard.services.common import Caller, Services
 from keycard.services.service_accounts import SERVICE, resolve
-from keycard.store.base import Delete, Expect, Put
+from keycard.store.base import Delete, Expect, Put, Record
 
 __all__ = ["MAX_KEYS", "create_key", "key_json", "list_keys", "public_key_formats", "record_key_use"]
 
@@ -267,9 +267,10 @@ def set_key_disabled(svc: Services, caller: Caller, project: str, account: str, 
     acct = resolve(svc, caller, project, account, f"iam.serviceAccountKeys.{verb}")
     key = _key_of(svc, acct, key_id)
     _user_managed(key, f"{verb}d")
-    rec = svc.runtime.store.get("sa_key", key_id)
-    assert rec is not None
-    if key.disabled != disabled:
+    if key.disabled == disabled:
+        return {}
+
+    def write(rec: Record) -> None:
         data = dict(rec.data)
         data["disabled"] = disabled
         if disabled:
@@ -280,15 +281,33 @@ def set_key_disabled(svc: Services, caller: Caller, project: str, account: str, 
                    expect=[Expect("sa_key", key_id, rec.revision)],
                    method=f"google.iam.admin.v1.{verb.capitalize()}ServiceAccountKey", service=SERVICE,
                    resource_name=f"{acct.relative}/keys/{key_id}")
+
+    _write_key(svc, acct, key_id, write)
     return {}
+
+
+def _write_key(svc: Services, acct: ServiceAccount, key_id: str, write: Callable[[Record], object]) -> None:
+    """``write`` on the key's current record. The record also takes last-use writes (:func:`record_key_use`,
+    off the request path) at any moment: an admin write that loses that race is retried on the fresh
+    record — at most three times — instead of answering the caller 409."""
+    for attempt in range(3):
+        rec = svc.runtime.store.get("sa_key", key_id)
+        if rec is None or rec.deleted:
+            raise NotFound(f"Service account key {acct.relative}/keys/{key_id} not found.", field="name",
+                           reason="KEY_NOT_FOUND")
+        try:
+            write(rec)
+            return
+        except Aborted:
+            if attempt == 2:
+                raise
 
 
 def delete_key(svc: Services, caller: Caller, project: str, account: str, key_id: str) -> dict[str, Any]:
     acct = resolve(svc, caller, project, account, "iam.serviceAccountKeys.delete")
     _user_managed(_key_of(svc, acct, key_id), "deleted")
-    rec = svc.runtime.store.get("sa_key", key_id)
-    assert rec is not None
-    svc.commit(caller, deletes=[Delete("sa_key", key_id)], expect=[Expect("sa_key", key_id, rec.revision)],
-               method="google.iam.admin.v1.DeleteServiceAccountKey", service=SERVICE,
-               resource_name=f"{acct.relative}/keys/{key_id}")
+    _write_key(svc, acct, key_id, lambda rec: svc.commit(
+        caller, deletes=[Delete("sa_key", key_id)], expect=[Expect("sa_key", key_id, rec.revision)],
+        method="google.iam.admin.v1.DeleteServiceAccountKey", service=SERVICE,
+        resource_name=f"{acct.relative}/keys/{key_id}"))
     return {}

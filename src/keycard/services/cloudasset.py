@@ -179,7 +179,7 @@ def search_all_resources(svc: Services, caller: Caller, scope: str, query: Mappi
     pred = compile_filter(_cai_query(str(query.get("query") or ""), ("name", "displayName")))
     types = _asset_types(query, lists)
     canon = engine.canonical_name(full)
-    store = svc.runtime.store
+    stored = {r.name: r for r in svc.runtime.store.scan(["resource"]) if r.name.startswith(f"//{names.CRM}/")}
     items = []
     for name in engine.resources():
         chain = engine.ancestry(name)
@@ -192,7 +192,7 @@ def search_all_resources(svc: Services, caller: Caller, scope: str, query: Mappi
         if len(chain) > 1:
             result["parentFullResourceName"] = chain[1]
             result["parentAssetType"] = engine._h.nodes[chain[1]].type if chain[1] in engine._h.nodes else ""
-        rec = store.get("resource", name) if name.startswith(f"//{names.CRM}/") else None
+        rec = stored.get(name)
         if rec is not None:
             d = rec.data
             result["displayName"] = str(d.get("displayName") or d.get("projectId") or "")

@@ -42,6 +42,8 @@ def _ancestors(engine: Engine, name: str) -> list[str]:
 def cai_records(engine: Engine, store: Any, scope: str, content_type: str, when: str,
                 asset_types: list[re.Pattern[str]] | None = None) -> Iterator[dict[str, Any]]:
     """The scope's assets as Cloud Asset Inventory export records (RESOURCE or IAM_POLICY)."""
+    records = {r.name: r for r in store.scan(["resource"]) if r.name.startswith(f"//{names.CRM}/")} \
+        if content_type == "RESOURCE" else {}
     for name in engine.resources():
         chain = engine.ancestry(name)
         if scope not in chain:
@@ -59,7 +61,7 @@ def cai_records(engine: Engine, store: Any, scope: str, content_type: str, when:
             rec["iam_policy"] = pol.to_json()
         else:
             data: dict[str, Any] = {"name": name.split("/", 3)[3]}
-            stored = store.get("resource", name) if name.startswith(f"//{names.CRM}/") else None
+            stored = records.get(name)
             if stored is not None:
                 d = stored.data
                 for k in ("displayName", "state", "labels", "createTime", "projectId"):

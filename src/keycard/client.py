@@ -239,7 +239,17 @@ class LocalUserToken:
     def token(self) -> str:
         if time.monotonic() >= self._expires:
             from keycard.server import mint_local_token
-            self._value = mint_local_token(self._database, self._user, lifetime=3600)
+            hint = ("Run this on the server's host with its database (KEYCARD_DATABASE, or config database / "
+                    "data_dir), or sign in with --key-file or --access-token.")
+            if self._database.startswith("sqlite:///") and not Path(self._database[len("sqlite:///"):]).exists():
+                raise ApiError(0, "UNAUTHENTICATED", f"Cannot mint a token for {self._user}: no keycard database "
+                               f"at {self._database}.", reason="NO_LOCAL_DATABASE", hint=hint)
+            try:
+                self._value = mint_local_token(self._database, self._user, lifetime=3600)
+            except Exception as e:              # a store that cannot be opened or has no installation, a bad user
+                first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+                raise ApiError(0, "UNAUTHENTICATED", f"Cannot mint a token for {self._user} from {self._database}: "
+                               f"{first}", reason="LOCAL_TOKEN_FAILED", hint=hint) from None
             self._expires = time.monotonic() + 3000
         return self._value
 
@@ -268,9 +278,8 @@ def credentials(http: httpx.Client, *, access_token: str | None = None, key_file
         mds = compute_engine.Credentials(scopes=list(SCOPES))  # type: ignore[no-untyped-call]
         return GoogleAuthToken(mds, http, "the metadata server")
     if who:
-        from keycard.server import default_database
         database = (os.environ.get("KEYCARD_DATABASE") or cfg.get("database")
-                    or default_database(Path(cfg.get("data_dir") or ".keycard")))
+                    or f"sqlite:///{Path(cfg.get('data_dir') or '.keycard').resolve() / 'keycard.db'}")
         return LocalUserToken(who, database)
     raise ApiError(0, "UNAUTHENTICATED", "No credentials to call the keycard server with.", reason="NO_CREDENTIALS",
                    hint="Pass --key-file KEY.json (or set GOOGLE_APPLICATION_CREDENTIALS), --access-token TOKEN, "

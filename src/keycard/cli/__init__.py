@@ -255,8 +255,19 @@ def logs_read(filter_: Annotated[str, typer.Argument(metavar="[FILTER]", help='C
                                                      'protoPayload.methodName="SetIamPolicy"')] = "",
               limit: Annotated[int, typer.Option(help="At most this many entries (newest first)")] = 20,
               database: DatabaseOpt = None, data_dir: DataDirOpt = Path(".keycard"),
+              endpoint: Annotated[str | None, typer.Option(help="Read from a keycard server over HTTP (Logging "
+                                                           "v2 entries.list; default $KEYCARD_ENDPOINT when no "
+                                                           "--database is given)")] = None,
+              project: Annotated[str | None, typer.Option(help="Over HTTP: this project's audit logs")] = None,
+              organization: Annotated[str | None, typer.Option(help="Over HTTP: this organization's")] = None,
               fmt: FormatOpt = Format.table) -> None:
-    """Read audit entries, newest first."""
+    """Read audit entries, newest first (from the database, or from a server with --endpoint)."""
+    if endpoint or (os.environ.get("KEYCARD_ENDPOINT") and database is None
+                    and not os.environ.get("KEYCARD_DATABASE")):
+        from keycard.cli.logs import read_remote
+        from keycard.cli.remote import remote
+        remote(lambda client: read_remote(client, filter_, limit, project, organization, fmt))(endpoint=endpoint)
+        return
     from keycard.audit import compile_filter
     from keycard.store.sql import open_store
     pred = compile_filter(filter_)

@@ -213,10 +213,12 @@ def find(permissions: Annotated[list[str], typer.Argument(metavar="PERMISSION...
         return
     if fmt is not Format.table:
         _emit(found, fmt)
-        return
-    if not found:
+    elif not found:
         err.print("No predefined role holds all of them. Propose a custom role with --custom.", highlight=False)
+    if not found:
         raise typer.Exit(3)
+    if fmt is not Format.table:
+        return
     table = Table("role", "title", "permissions", "extra")
     for r in found:
         table.add_row(r["name"], r["title"], str(r["permissions"]), str(r["extraPermissions"]))

@@ -16,8 +16,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from keycard.cli.output import Format, FormatOpt, _emit, console, err
-from keycard.cli.remote import FilterOpt, apply_filter, read_document, remote
+from keycard.cli.output import Format, FormatOpt, _emit, err
+from keycard.cli.remote import FilterOpt, apply_filter, read_document, remote, wide
 from keycard.client import ApiError, Client
 
 __all__ = ["PolicyTarget", "add_policy_commands", "parse_condition", "show_policy"]
@@ -88,7 +88,7 @@ def show_policy(policy: dict[str, Any], fmt: Format, filter_: str | None = None)
                   f"{policy.get('etag', '')}", title_justify="left")
     for r in rows:
         table.add_row(r["role"], r["member"], r["condition"])
-    console.print(table, width=None if console.is_terminal else 250)
+    wide().print(table)
 
 
 def _get(client: Client, t: PolicyTarget, ident: str, project: str | None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar, get_type_hints
 
 import typer
 import yaml
+from rich.console import Console
 from rich.table import Table
 
 from keycard.cli.output import (
@@ -39,7 +40,7 @@ from keycard.cli.output import (
 from keycard.client import ApiError, Client, connect
 
 __all__ = ["Client", "EndpointOpt", "FilterOpt", "LimitOpt", "apply_filter", "exit_code", "fail", "read_document",
-           "remote", "show", "show_list"]
+           "remote", "show", "show_list", "wide"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -178,6 +179,11 @@ def apply_filter(items: Iterable[Any], expr: str | None) -> list[Any]:
 
 
 # -------------------------------------------------------------------------------------------- output
+def wide() -> Console:
+    """The console for tables and trees: the terminal's, or when piped one wide enough not to crop at 80."""
+    return console if console.is_terminal else Console(width=max(console.width, 240), soft_wrap=True)
+
+
 def _cell(item: Any, path: str) -> str:
     vals = _values(item, path)
     return ", ".join(_text(v) for v in vals)
@@ -198,7 +204,7 @@ def show_list(items: Iterable[Any], fmt: Format, columns: Sequence[tuple[str, st
     table = Table(*(h for h, _ in columns), title=title)
     for item in kept:
         table.add_row(*(_cell(item, p) for _, p in columns))
-    console.print(table, width=None if console.is_terminal else 250)
+    wide().print(table)
     return kept
 
 

@@ -13,6 +13,8 @@ import re
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 from rich.tree import Tree
 
 from keycard.cli.output import EXIT_DENIED, EXIT_OK, Format, FormatOpt, _emit, console
@@ -56,19 +58,19 @@ def _condition(item: dict[str, Any]) -> str:
     value = exp.get("value")
     result = "error: " + "; ".join(e.get("message", "") for e in exp.get("errors", [])) if value is None \
         else str(value).lower()
-    return f" · condition [italic]{cond.get('title') or cond.get('expression', '')}[/] → {result}"
+    return f" · condition [italic]{escape(cond.get('title') or cond.get('expression', ''))}[/] → {result}"
 
 
 def _binding(node: Tree, b: dict[str, Any], show_all: bool) -> None:
     has_perm = b.get("rolePermission") == "ROLE_PERMISSION_INCLUDED"
     member_in = b.get("combinedMembership", {}).get("membership") == "MEMBERSHIP_MATCHED"
-    line = (f"{_state(b.get('allowAccessState', ''))} [bold]{b.get('role', '')}[/] · permission in role "
+    line = (f"{_state(b.get('allowAccessState', ''))} [bold]{escape(b.get('role', ''))}[/] · permission in role "
             f"{_mark(has_perm)} · principal is a member {_mark(member_in)}{_condition(b)}")
     branch = node.add(line)
     for member, m in b.get("memberships", {}).items():
         matched = m.get("membership") == "MEMBERSHIP_MATCHED"
         if show_all or matched or m.get("relevance") == _HIGH:
-            branch.add(f"{_mark(matched)} {member}")
+            branch.add(f"{_mark(matched)} {escape(member)}")
 
 
 def _deny_rule(node: Tree, i: int, r: dict[str, Any]) -> None:
@@ -82,13 +84,13 @@ def _deny_rule(node: Tree, i: int, r: dict[str, Any]) -> None:
                       f"{' (excepted)' if who_exc else ''}{_condition(r)}")
     for p, m in r.get("deniedPrincipals", {}).items():
         if m.get("membership") == "MEMBERSHIP_MATCHED":
-            branch.add(f"{_mark(True)} denied principal {p}")
+            branch.add(f"{_mark(True)} denied principal {escape(p)}")
 
 
 def render(answer: dict[str, Any], show_all: bool = False) -> Tree:
     """The v3 answer (and keycard's remedy) as a Rich tree."""
     at = answer.get("accessTuple", {})
-    root = Tree(f"{_state(answer.get('overallAccessState', ''))} [bold]{at.get('principal', '')}[/] · "
+    root = Tree(f"{_state(answer.get('overallAccessState', ''))} [bold]{escape(at.get('principal', ''))}[/] · "
                 f"[bold]{at.get('permission', '')}[/] · {at.get('fullResourceName', '')}")
     allow = answer.get("allowPolicyExplanation", {})
     a_node = root.add(f"allow policies: {_state(allow.get('allowAccessState', ''))}")
@@ -106,15 +108,15 @@ def render(answer: dict[str, Any], show_all: bool = False) -> Tree:
         r_node = d_node.add(f"{res.get('fullResourceName', '')} {_state(res.get('denyAccessState', ''))}")
         for pol in res.get("explainedPolicies", []):
             name = pol.get("policy", {}).get("name", "")
-            pol_node = r_node.add(f"{name} {_state(pol.get('denyAccessState', ''))}")
+            pol_node = r_node.add(f"{escape(name)} {_state(pol.get('denyAccessState', ''))}")
             for i, rule in enumerate(pol.get("ruleExplanations", [])):
                 if show_all or rule.get("relevance") == _HIGH:
                     _deny_rule(pol_node, i, rule)
     fix = answer.get("keycardRemedy")
     if fix:
-        f_node = root.add(f"[yellow]to grant it[/]: {fix.get('message', '')}")
+        f_node = root.add(f"[yellow]to grant it[/]: {escape(fix.get('message', ''))}")
         if fix.get("command"):
-            f_node.add(f"[bold]{fix['command']}[/]")
+            f_node.add(f"[bold]{escape(fix['command'])}[/]")
     return root
 
 
@@ -139,5 +141,7 @@ def troubleshoot(client: Client,
     if fmt is not Format.table:
         _emit(answer, fmt)
     else:
-        console.print(render(answer, show_all), highlight=False, width=None if console.is_terminal else 400)
+        # piped: no cropping at 80 columns (a terminal keeps its own width)
+        out = console if console.is_terminal else Console(width=max(console.width, 2000), soft_wrap=True)
+        out.print(render(answer, show_all), highlight=False)
     raise typer.Exit(EXIT_OK if answer.get("overallAccessState") == "CAN_ACCESS" else EXIT_DENIED)

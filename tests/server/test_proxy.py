@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from google.auth.transport.requests import AuthorizedSession
+from google.auth.transport.requests import AuthorizedSession, Request
 from google.oauth2 import service_account
 from proxy_helpers import ACCESSOR, Proc, headers_of, ok, set_bindings, start_proxy, start_upstream, write_key
 from websockets.asyncio.client import connect
@@ -330,3 +330,23 @@ def test_a_proxy_whose_identity_lacks_the_permission_fails_closed(env: Setup, tm
         assert not [s for s in env.seen() if s["path"] == "/rogue"]
     finally:
         rogue.stop()
+
+
+def test_disabling_the_service_account_stops_it_within_one_second(env: Setup) -> None:
+    env.grant(f"serviceAccount:{env.caller_email}")
+    creds = service_account.Credentials.from_service_account_info(env.caller_key, scopes=[CLOUD])
+    creds.refresh(Request())                  # the account's access token from keycard's token endpoint
+    auth = {"Authorization": f"Bearer {creds.token}"}
+    c = httpx.Client(timeout=10)
+    _until(lambda: c.get(env.proxy.url + "/disable", headers=auth).status_code == 200)
+    name = f"/v1/projects/-/serviceAccounts/{env.caller_email}"
+    ok(env.admin.post(f"{name}:disable", json={}))
+    try:
+        disabled_at = time.monotonic()
+        while c.get(env.proxy.url + "/disable", headers=auth).status_code == 200:
+            assert time.monotonic() - disabled_at < 1.0, "a disabled account still passes 1 s later"
+        r = c.get(env.proxy.url + "/disable", headers=auth)
+        assert r.status_code == 401 and "disabled" in r.json()["error"]["message"], r.text
+    finally:
+        ok(env.admin.post(f"{name}:enable", json={}))
+        c.close()

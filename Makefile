@@ -58,6 +58,7 @@ bench: install
 	$(VENV)/bin/python bench/proxy.py --out docs/benchmarks.md
 	$(VENV)/bin/python bench/asset.py --out docs/benchmarks.md
 	$(VENV)/bin/python bench/reco.py --out docs/benchmarks.md
+	$(VENV)/bin/python bench/cli.py --out docs/benchmarks.md
 
 bench-server: install
 	$(VENV)/bin/python bench/server.py --backends sqlite,postgresql --out docs/benchmarks.md

@@ -218,3 +218,16 @@ def test_shell_completion_script() -> None:
     r = subprocess.run([KEYCARD_BIN, "--show-completion", "bash"], capture_output=True, text=True, timeout=60,
                        env={"PATH": "/usr/bin:/bin", "SHELL": "/bin/bash"})
     assert r.returncode == 0 and "complete" in r.stdout and "keycard" in r.stdout
+
+
+def test_logs_read_over_http(server: Server, project: str) -> None:
+    kcj(server, "projects", "add-iam-policy-binding", project, "--member", "user:logged@example.com", "--role",
+        "roles/viewer")
+    entries = kcj(server, "logs", "read", 'protoPayload.methodName="SetIamPolicy"', "--limit", "3",
+                  "--project", project)
+    assert 1 <= len(entries) <= 3
+    assert all(e["protoPayload"]["methodName"] == "SetIamPolicy" for e in entries)
+    newest = entries[0]["protoPayload"]
+    assert newest["authenticationInfo"]["principalEmail"] == ADMIN
+    deltas = newest["serviceData"]["policyDelta"]["bindingDeltas"]
+    assert {"action": "ADD", "role": "roles/viewer", "member": "user:logged@example.com"} in deltas

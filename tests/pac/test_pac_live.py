@@ -271,3 +271,19 @@ def test_concurrent_change_fails_cleanly(servers: tuple[Server, Server], tmp_pat
     after = export(b, tmp_path, "after.yaml")
     prod = next(p for p in after["projects"] if p["projectId"] == "pac-ml-prod")
     assert not any("user:paula@example.com" in x["members"] for x in prod["bindings"])
+
+
+def test_project_export_in_a_directory_plans_no_change(servers: tuple[Server, Server], tmp_path: Path) -> None:
+    a, _b = servers
+    d = tmp_path / "policies"
+    d.mkdir()
+    kc(a, "export", "--project", "pac-ml-prod", "-f", str(d / "project.yaml"))
+    whole = export(a, tmp_path, "whole.yaml")
+    (d / "groups.json").write_text(json.dumps({"groups": whole["groups"]}))
+    project = yaml.safe_load((d / "project.yaml").read_text())
+    assert [p["projectId"] for p in project["projects"]] == ["pac-ml-prod"] and "folders" not in project
+    assert plan_json(a, d)["changes"] == []
+    # the same project declared in two files is refused, naming both places
+    (d / "again.yaml").write_text(yaml.safe_dump({"projects": [{"projectId": "pac-ml-prod"}]}))
+    out = kc(a, "plan", "-f", str(d), check=False)
+    assert out.returncode == 2 and "project:pac-ml-prod is already declared at" in out.stderr, out.stderr

@@ -8,7 +8,17 @@ from typing import Any
 
 from keycard.client import ApiError, Client
 from keycard.pac.live import Live, attachment, policy_path
-from keycard.pac.model import ORG, Bindings, GroupSpec, Node, RoleSpec, bindings_from_json, policy_json
+from keycard.pac.model import (
+    ADDITIVE,
+    ORG,
+    Bindings,
+    GroupSpec,
+    Node,
+    RoleSpec,
+    bindings_from_json,
+    merge_additive,
+    policy_json,
+)
 
 DISCUSSION = "cloudidentity.googleapis.com/groups.discussion_forum"
 LOCKOUT_HEADER = "X-Keycard-Allow-Lockout"
@@ -199,6 +209,8 @@ def set_policy(n: Node, want: Bindings) -> Run:
                 if managed:
                     keep[k] = managed
         merged = dict(want)
+        if n.mode == ADDITIVE:      # a node created by this apply: keep what the server gave it (its creator)
+            merged = merge_additive(bindings_from_json(fresh.get("bindings", [])), want)
         for k, ms in keep.items():
             merged[k] = merged.get(k, frozenset()) | ms
         policy = {**policy_json(merged), "etag": fresh.get("etag", "")}

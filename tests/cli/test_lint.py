@@ -190,6 +190,33 @@ def test_recommend_and_apply(clean: Server, seeded: dict[str, Any], tmp_path: Pa
     assert table.returncode == 0 and "SUCCEEDED" in table.stdout, table.stdout
 
 
+def test_recommend_apply_replaces_a_role(clean: Server, seeded: dict[str, Any]) -> None:
+    """gail holds roles/ml.admin but only read and predicted models: --apply swaps in roles/ml.modelUser."""
+    from keycard.store.base import AccessRecord
+    from keycard.store.sql import open_store
+    c = clean.client()
+    _set_policy(c, f"/v3/projects/{BAD}", lambda pol: {**pol, "bindings": [
+        *pol["bindings"], {"role": "roles/ml.admin", "members": ["user:gail@example.com"]}]})
+    minute = int(time.time()) // 60 - 60
+    model = f"//ml.googleapis.com/projects/{BAD}/models/m1"
+    store = open_store(clean.database)
+    try:
+        store.record_access([AccessRecord(minute, "user:gail@example.com", p, model, True, 2)
+                             for p in ("ml.models.get", "ml.models.predict")])
+    finally:
+        store.close()
+    recos = json.loads(kc(clean, "iam", "recommend", f"projects/{BAD}", "--format=json").stdout)
+    gail = next(x for x in recos if x["content"]["overview"]["member"] == "user:gail@example.com")
+    assert gail["recommenderSubtype"] == "REPLACE_ROLE"
+    assert gail["content"]["overview"]["addedRoles"] == ["roles/ml.modelUser"]
+    r = kc(clean, "iam", "recommend", f"projects/{BAD}", "--apply", gail["name"])
+    assert r.returncode == 0 and "Applied" in r.stdout, r.stdout + r.stderr
+    pol = ok(c.post(f"/v3/projects/{BAD}:getIamPolicy", json={"options": {"requestedPolicyVersion": 3}}))
+    holders = {b["role"]: set(b["members"]) for b in pol["bindings"] if not b.get("condition")}
+    assert "user:gail@example.com" in holders["roles/ml.modelUser"]
+    assert "user:gail@example.com" not in holders.get("roles/ml.admin", set())
+
+
 def test_simulate(clean: Server, seeded: dict[str, Any], tmp_path: Path) -> None:
     c = clean.client()
     pol = ok(c.post(f"/v3/projects/{BAD}:getIamPolicy", json={"options": {"requestedPolicyVersion": 3}}))

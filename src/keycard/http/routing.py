@@ -34,6 +34,7 @@ class Route:
     inline: bool = False            # run on the event loop (in-memory work only; may return an awaitable)
     raw_body: bool = False          # pass the body as bytes (media uploads), up to MAX_UPLOAD
     regex: re.Pattern[str] = field(init=False, compare=False, repr=False)
+    needle: str = field(init=False, compare=False, repr=False)   # longest literal piece: a cheap pre-test
 
     def __post_init__(self) -> None:
         parts = []
@@ -44,23 +45,45 @@ class Route:
             pos = m.end()
         parts.append(re.escape(self.template[pos:]))
         object.__setattr__(self, "regex", re.compile("^" + "".join(parts) + "$"))
+        pieces = re.split(r"\{[a-zA-Z_]+(?:=\*\*)?\}", self.template)
+        # the first piece is what Router.candidates already compared; a later one tells siblings apart
+        object.__setattr__(self, "needle", max(pieces[1:] or pieces, key=len))
         if self.read_log is None:
             verb = self.operation_id.rsplit(".", 1)[-1]
             is_read = self.method == "GET" or verb in ("getIamPolicy", "testIamPermissions", "search", "lookup")
             object.__setattr__(self, "read_log", "ADMIN_READ" if is_read else "")
 
 
+_HEAD_SEGMENTS = 2          # candidates are indexed by a path's first two segments (/v1/projects, /storage/v1)
+_MAX_HEADS = 4096           # distinct heads remembered (client-chosen paths must not grow memory)
+
+
 class Router:
     def __init__(self) -> None:
         self.routes: list[Route] = []
+        self._candidates: dict[str, list[Route]] = {}
 
     def add(self, route: Route) -> None:
         self.routes.append(route)
+        self._candidates.clear()
+
+    def candidates(self, raw_path: str) -> list[Route]:
+        """The routes, in order, whose literal start is compatible with the path's first two segments: a
+        superset of those whose template can match, so matching tries a few regexes instead of all."""
+        head = "/".join(raw_path.split("/", _HEAD_SEGMENTS + 1)[:_HEAD_SEGMENTS + 1])
+        found = self._candidates.get(head)
+        if found is None:
+            found = [r for r in self.routes if _compatible(r.template, head)]
+            if len(self._candidates) < _MAX_HEADS:
+                self._candidates[head] = found
+        return found
 
     def match(self, method: str, raw_path: str) -> tuple[Route | None, dict[str, str], bool]:
         """(route, decoded params, path_matched_other_method)."""
         path_hit = False
-        for r in self.routes:
+        for r in self.candidates(raw_path):
+            if r.needle not in raw_path:
+                continue
             m = r.regex.match(raw_path)
             if m is None:
                 continue
@@ -69,3 +92,12 @@ class Router:
                 continue
             return r, {k: unquote(v) for k, v in m.groupdict().items()}, False
         return None, {}, path_hit
+
+
+def _compatible(template: str, head: str) -> bool:
+    """Can a path that starts with ``head`` match ``template``? Compares the template's literal start (up to
+    its first variable) with the head, over the shorter of the two."""
+    brace = template.find("{")
+    literal = template if brace < 0 else template[:brace]
+    n = min(len(literal), len(head))
+    return literal[:n] == head[:n]

@@ -58,6 +58,7 @@ def resolve_org(desired: State, number: str) -> State:
     def fix(text: str) -> str:
         return text.replace(ORG_TOKEN, f"organizations/{number}/")
     out = copy.deepcopy(desired)
+    out.organization = f"organizations/{number}"
     out.roles = {fix(k): RoleSpec(fix(r.name), r.title, r.description, r.stage, r.permissions, r.deleted, r.where)
                  for k, r in desired.roles.items()}
     for n in out.nodes.values():
@@ -144,6 +145,7 @@ def make_plan(live: Live, desired_doc: State, *, caller: str | None = None) -> P
         if n.mode is None:
             continue
         anode = after.nodes[n.id]
+        anode.where = n.where
         # deny policies
         want_deny = dict(n.deny or {})
         have_deny = dict(have_n.deny or {})
@@ -173,6 +175,7 @@ def make_plan(live: Live, desired_doc: State, *, caller: str | None = None) -> P
         anode.bindings = want
         anode.mode = n.mode
 
+    _check_roles(desired, after)
     steps.extend(s for s in role_steps if not s.target.startswith("organizations/"))
     steps.extend(policy_steps)
     steps.extend(late)
@@ -188,6 +191,22 @@ def make_plan(live: Live, desired_doc: State, *, caller: str | None = None) -> P
                   for i in sorted(set(after.nodes) - set(cur.nodes))
                   for role, _c, m in sorted(flat(after.nodes[i].bindings), key=lambda t: (t[0], t[2]))]
     return Plan(steps, access, locks, after, new_grants)
+
+
+def _check_roles(desired: State, after: State) -> None:
+    """Every role a document binds is predefined or a custom role that exists (and is not deleted) after apply."""
+    from keycard.catalog import builtin_roles
+    predefined = {str(r["name"]) for r in builtin_roles()}
+    for n in desired.nodes.values():
+        for role, _cond in sorted(n.bindings or {}, key=lambda k: k[0]):
+            custom = after.roles.get(role)
+            if role in predefined or (custom is not None and not custom.deleted):
+                continue
+            shown = role.replace(desired.organization + "/", ORG_TOKEN) if desired.organization else role
+            raise DocumentError(f"{n.where}: {n.id}: bindings: role {shown} does not exist"
+                                + (" (it is deleted)" if custom is not None else "")
+                                + "; use a predefined role (`keycard iam roles find PERMISSION`) or declare the "
+                                "custom role under roles:.")
 
 
 def _ordered(state: State) -> list[Node]:

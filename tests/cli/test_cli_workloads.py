@@ -4,13 +4,17 @@ credentials), deny policies, storage buckets/objects/cp, ai-platform models/vers
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cli.kc import kc, kcj
-from server.conftest import Server, start_server, stop_server
+from server.conftest import KEYCARD, Server, free_port, start_server, stop_server
 
 PROJECT = "cli-work-1"
 BUCKET = "cli-work-bucket-1"
@@ -144,3 +148,34 @@ def test_ai_platform_models_versions_predict_jobs(server: Server, tmp_path: Path
     assert [j["jobId"] for j in kcj(server, "ai-platform", "jobs", "list", env=env)] == ["job_1"]
     results = [o["name"] for o in kcj(server, "storage", "ls", f"gs://{bucket}/batch/out")]
     assert any("prediction.results" in n for n in results)
+
+
+def test_metadata_server_credentials(server: Server, tmp_path: Path) -> None:
+    """On a 'VM' (GCE_METADATA_HOST pointing at `keycard metadata-server`), the CLI calls as the attached account."""
+    email = kcj(server, "iam", "service-accounts", "create", "mds-cli-1", "--project", PROJECT)["email"]
+    kcj(server, "projects", "add-iam-policy-binding", PROJECT, "--member", f"serviceAccount:{email}", "--role",
+        "roles/browser")
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KEYCARD_TOKEN": server.token("alice@example.com")}
+    with (tmp_path / "mds.log").open("wb") as fh:
+        proc = subprocess.Popen([*KEYCARD, "metadata-server", "--service-account", email, "--endpoint", server.url,
+                                 "--port", str(port)], stdout=fh, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "mds.log").read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", headers={"Metadata-Flavor": "Google"}).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "mds.log").read_text()
+            time.sleep(0.2)
+        host = f"127.0.0.1:{port}"
+        vm = {"GCE_METADATA_HOST": host, "GCE_METADATA_IP": host}
+        assert kcj(server, "projects", "describe", PROJECT, user=None, env=vm)["projectId"] == PROJECT
+        denied = kc(server, "projects", "delete", PROJECT, user=None, env=vm)
+        assert denied.returncode == 1 and "resourcemanager.projects.delete" in denied.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -125,8 +125,7 @@ def export_assets(svc: Services, caller: Caller, parent: str, body: object) -> d
 def get_operation(svc: Services, caller: Caller, parent: str, kind: str, op_id: str) -> dict[str, Any]:
     full = scope_full(parent, "name")
     content_type = op_id.split("-", 1)[0] if op_id.split("-", 1)[0] in _PERMISSION else "RESOURCE"
-    engine = svc.runtime.engine
-    held = [p for p in _PERMISSION.values() if engine.check(caller.principal, p, full, time=svc.clock()).allowed]
+    held = [p for p in _PERMISSION.values() if svc.allowed(caller, p, full)]     # with the caller's sets
     if _PERMISSION[content_type] not in held:
         if held:
             svc.authorize(caller, _PERMISSION[content_type], full, service=SERVICE)

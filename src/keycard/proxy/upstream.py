@@ -33,11 +33,17 @@ class _Parser:
         self.headers: list[tuple[bytes, bytes]] = []
         self.events: list[tuple[str, Any]] = []
         self.done = False
+        self.keep_alive = False
+        self.status = 0
+        self.parser: Any = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        # read here: after the message completes, httptools has reset them
+        self.keep_alive = self.parser.should_keep_alive()
+        self.status = self.parser.get_status_code()
         self.events.append(("headers", None))
 
     def on_body(self, body: bytes) -> None:
@@ -99,7 +105,7 @@ class UpstreamPool:
                         body: AsyncIterator[bytes] | None, chunked: bool, start: StartFn, send_body: BodyFn) -> None:
         reader, writer = conn
         p = _Parser()
-        parser = httptools.HttpResponseParser(p)
+        parser = p.parser = httptools.HttpResponseParser(p)
         started = False
         reusable = False
         try:
@@ -135,14 +141,14 @@ class UpstreamPool:
                 for kind, value in p.events:
                     if kind == "headers":
                         started = True
-                        await start(parser.get_status_code(), p.headers)
+                        await start(p.status, p.headers)
                         if method == "HEAD":
                             return
                     elif kind == "body":
                         await send_body(value)
                 p.events.clear()
                 if p.done:
-                    reusable = parser.should_keep_alive()
+                    reusable = p.keep_alive
                     return
         finally:
             if reusable and len(self._idle) < self.max_idle and not writer.is_closing():

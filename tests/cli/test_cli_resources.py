@@ -232,3 +232,30 @@ def test_logs_read_over_http(server: Server, project: str) -> None:
     assert newest["authenticationInfo"]["principalEmail"] == ADMIN
     deltas = newest["serviceData"]["policyDelta"]["bindingDeltas"]
     assert {"action": "ADD", "role": "roles/viewer", "member": "user:logged@example.com"} in deltas
+
+
+def test_troubleshoot_draws_the_nested_group_chain(server: Server, project: str) -> None:
+    customer = kcj(server, "organizations", "list")[0]["directoryCustomerId"]
+    with server.client() as c:
+        made = {}
+        for g in ("tsinner@example.com", "tsouter@example.com"):
+            r = c.post("/v1/groups", params={"initialGroupConfig": "EMPTY"},
+                       json={"groupKey": {"id": g}, "parent": f"customers/{customer}",
+                             "labels": {"cloudidentity.googleapis.com/groups.discussion_forum": ""}})
+            assert r.status_code == 200, r.text
+            made[g] = r.json()["response"]["name"]
+        for group, member in (("tsinner@example.com", "nell@example.com"), ("tsouter@example.com",
+                                                                             "tsinner@example.com")):
+            r = c.post(f"/v1/{made[group]}/memberships",
+                       json={"preferredMemberKey": {"id": member}, "roles": [{"name": "MEMBER"}]})
+            assert r.status_code == 200, r.text
+    kcj(server, "projects", "add-iam-policy-binding", project, "--member", "group:tsouter@example.com", "--role",
+        "roles/browser")
+    r = kc(server, "iam", "troubleshoot", "nell@example.com", "resourcemanager.projects.get", f"projects/{project}",
+           "--format", "json")
+    assert r.returncode == 0, r.stderr
+    chains = json.loads(r.stdout)["keycardMembershipChains"]
+    assert chains["group:tsouter@example.com"] == ["user:nell@example.com", "group:tsinner@example.com",
+                                                   "group:tsouter@example.com"]
+    tree = kc(server, "iam", "troubleshoot", "nell@example.com", "resourcemanager.projects.get", f"projects/{project}")
+    assert "via user:nell@example.com → group:tsinner@example.com → group:tsouter@example.com" in tree.stdout

@@ -61,7 +61,7 @@ def _condition(item: dict[str, Any]) -> str:
     return f" · condition [italic]{escape(cond.get('title') or cond.get('expression', ''))}[/] → {result}"
 
 
-def _binding(node: Tree, b: dict[str, Any], show_all: bool) -> None:
+def _binding(node: Tree, b: dict[str, Any], show_all: bool, chains: dict[str, list[str]]) -> None:
     has_perm = b.get("rolePermission") == "ROLE_PERMISSION_INCLUDED"
     member_in = b.get("combinedMembership", {}).get("membership") == "MEMBERSHIP_MATCHED"
     line = (f"{_state(b.get('allowAccessState', ''))} [bold]{escape(b.get('role', ''))}[/] · permission in role "
@@ -70,7 +70,9 @@ def _binding(node: Tree, b: dict[str, Any], show_all: bool) -> None:
     for member, m in b.get("memberships", {}).items():
         matched = m.get("membership") == "MEMBERSHIP_MATCHED"
         if show_all or matched or m.get("relevance") == _HIGH:
-            branch.add(f"{_mark(matched)} {escape(member)}")
+            chain = chains.get(member) if matched else None
+            via = f" [dim](via {escape(' → '.join(chain))})[/]" if chain else ""
+            branch.add(f"{_mark(matched)} {escape(member)}{via}")
 
 
 def _deny_rule(node: Tree, i: int, r: dict[str, Any]) -> None:
@@ -101,7 +103,7 @@ def render(answer: dict[str, Any], show_all: bool = False) -> Tree:
                             f"[dim]({len(pol.get('bindingExplanations', []))} bindings"
                             f"{', ' + str(len(bindings)) + ' relevant' if not show_all else ''})[/]")
         for b in bindings:
-            _binding(p_node, b, show_all)
+            _binding(p_node, b, show_all, answer.get("keycardMembershipChains", {}))
     deny = answer.get("denyPolicyExplanation", {})
     d_node = root.add(f"deny policies: {_state(deny.get('denyAccessState', ''))}")
     for res in deny.get("explainedResources", []):

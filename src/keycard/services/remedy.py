@@ -17,7 +17,7 @@ from typing import Any
 from keycard.engine.engine import Engine
 from keycard.engine.model import AllowPolicy, parse_allow_policy
 
-__all__ = ["grant_command", "remedy"]
+__all__ = ["grant_command", "membership_chains", "remedy"]
 
 MAX_ROLES = 5           # candidate roles tried, smallest first
 
@@ -75,3 +75,14 @@ def remedy(engine: Engine, principal: str, permission: str, resource: str, *,
     return {"role": roles[0].name, "rolePermissionCount": len(roles[0].permissions),
             "message": f"No single grant of {roles[0].name} on the resource's ancestry would give the access "
                        "(conditions or the principal's membership decide)."}
+
+
+def membership_chains(engine: Engine, principal: str, permission: str, resource: str, *,
+                      time: dt.datetime | None = None,
+                      extra_members: frozenset[str] | None = None) -> dict[str, list[str]]:
+    """For each binding member that includes the principal only through groups (or a domain, a principal
+    set): the chain from the principal to it, e.g. ``group:ml-team`` → ``[user:carol, group:ml-juniors,
+    group:ml-team]`` (keycard's ``keycardMembershipChains`` extension of the v3 answer)."""
+    ex = engine.explain(principal, permission, resource, time=time, extra_members=extra_members)
+    return {b.matched_member: list(b.membership) for n in ex.nodes for b in n.bindings
+            if b.matched_member is not None and len(b.membership) > 2}

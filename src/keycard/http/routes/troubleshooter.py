@@ -17,7 +17,7 @@ from keycard.http.app import App, RequestContext
 from keycard.http.routing import Route, Router
 from keycard.services import troubleshooter as ts
 from keycard.services.common import Caller, Services
-from keycard.services.remedy import remedy
+from keycard.services.remedy import membership_chains, remedy
 
 SERVICE = "policytroubleshooter.googleapis.com"
 _PROJECT_PREFIX = f"//{names.CRM}/projects/"
@@ -60,9 +60,14 @@ def troubleshoot(svc: Services, caller: Caller, body: Any, *, v3: bool) -> dict[
         caller.principal.lower() == at.principal.lower() else None
     if v3:
         out = ts.troubleshoot_v3(engine, body, time=svc.clock(), extra_members=extra)
-        if out["overallAccessState"] != "CAN_ACCESS":   # keycard extension: what would grant it
-            out["keycardRemedy"] = remedy(engine, at.principal, at.permission, at.full_resource_name,
-                                          time=at.receive_time or svc.clock())
+        when = at.receive_time or svc.clock()
+        # keycard extensions (extra fields; Google's clients ignore them): nested group chains, what would grant it
+        chains = membership_chains(engine, at.principal, at.permission, at.full_resource_name, time=when,
+                                   extra_members=extra)
+        if chains:
+            out["keycardMembershipChains"] = chains
+        if out["overallAccessState"] != "CAN_ACCESS":
+            out["keycardRemedy"] = remedy(engine, at.principal, at.permission, at.full_resource_name, time=when)
         return out
     return ts.troubleshoot_v1(engine, body, time=svc.clock(), extra_members=extra)
 

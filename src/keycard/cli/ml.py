@@ -53,7 +53,7 @@ def wait_operation(client: Client, op: dict[str, Any], what: str, timeout: float
                 op = client.get(f"/v1/{op['name']}")
     if not op.get("done"):
         raise ApiError(0, "DEADLINE_EXCEEDED", f"{what}: still running after {timeout:.0f} s ({op.get('name')}).",
-                       hint=f"Check later with: keycard ai-platform operations describe {op.get('name')}")
+                       hint="It goes on on the server: list the model's versions (or the jobs) again later.")
     if op.get("error"):
         e = op["error"]
         raise ApiError(0, "FAILED_PRECONDITION", f"{what} failed: {e.get('message', '')}", reason="OPERATION_FAILED")

@@ -24,10 +24,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
 import yaml
+
+if TYPE_CHECKING:
+    import httpx
+
+
+def _httpx() -> Any:
+    """httpx, imported on first use: every `keycard` command (and `keycard serve`) imports this module,
+    and only commands that talk to a server need the HTTP client (a third of a second of imports)."""
+    import httpx
+    return httpx
 
 __all__ = ["ApiError", "Client", "Config", "TokenSource", "config_path", "connect", "default_project",
            "resolve_endpoint"]
@@ -202,7 +211,7 @@ class _AuthRequest:
         try:
             r = self._http.request(method, url, content=body, headers=dict(headers or {}),
                                    timeout=timeout if timeout is not None else 30.0)
-        except httpx.HTTPError as e:
+        except _httpx().HTTPError as e:
             raise exceptions.TransportError(str(e)) from e  # type: ignore[no-untyped-call]
         return _AuthResponse(r)
 
@@ -293,7 +302,7 @@ class Client:
     def __init__(self, endpoint: str, creds: TokenSource | None, *, http: httpx.Client | None = None,
                  timeout: float = 60.0) -> None:
         self.endpoint = endpoint.rstrip("/")
-        self.http = http or httpx.Client(timeout=timeout)
+        self.http = http or _httpx().Client(timeout=timeout)
         self.creds = creds
 
     def __enter__(self) -> Client:
@@ -323,7 +332,7 @@ class Client:
         q = {k: _param(v) for k, v in (params or {}).items() if v is not None}
         try:
             r = self.http.request(method, url, params=q, json=json, content=content, headers=h)
-        except httpx.HTTPError as e:
+        except _httpx().HTTPError as e:
             raise ApiError(0, "UNAVAILABLE", f"Cannot reach the keycard server at {self.endpoint}: {e}",
                            reason="UNREACHABLE", hint="Is `keycard serve` running there? Check --endpoint / "
                            "`keycard config get endpoint`.") from None
@@ -346,7 +355,7 @@ class Client:
                     size(int(length) if length and length.isdigit() else None)
                 for chunk in r.iter_bytes():
                     sink(chunk)
-        except httpx.HTTPError as e:
+        except _httpx().HTTPError as e:
             raise ApiError(0, "UNAVAILABLE", f"Download from {self.endpoint} failed: {e}", reason="UNREACHABLE"
                            ) from None
 
@@ -391,7 +400,7 @@ def connect(endpoint: str | None = None, *, access_token: str | None = None, key
     """A client for the configured server and caller (see the module docstring for the order)."""
     cfg = Config.load()
     url = resolve_endpoint(endpoint, cfg)
-    http = httpx.Client(timeout=timeout)
+    http = _httpx().Client(timeout=timeout)
     try:
         creds = credentials(http, access_token=access_token, key_file=key_file, user=user, config=cfg)
     except BaseException:

@@ -46,7 +46,7 @@ browser:
 	  echo "chromium is not installed: the proxy's browser sign-in test will be skipped"
 
 test: lint typecheck browser
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 3 --dist loadfile
 
 # The engine against Cedar, Rego (regorus), Casbin and a naive evaluator; then the server over HTTP.
 # Both write docs/benchmarks.md (the server section between its markers). ~45 minutes on 2 cores.

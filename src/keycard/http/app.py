@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as StarletteRoute
+from starlette.types import Receive, Send
 
 from keycard.errors import InvalidArgument, KeycardError, NotFound, Unauthenticated
 from keycard.http.routing import Router
@@ -31,7 +32,7 @@ from keycard.identity.tokens import AccessToken, KeySet
 from keycard.services.common import Caller, Services
 from keycard.services.sa_keys import record_key_use
 
-__all__ = ["App", "RequestContext", "create_app"]
+__all__ = ["App", "KeycardAsgi", "RequestContext", "create_app"]
 
 log = logging.getLogger("keycard.http")
 MAX_BODY = 4 * 1024 * 1024
@@ -70,7 +71,7 @@ def _error(e: KeycardError, domain: str) -> JSONResponse:
     return JSONResponse(e.to_json(domain), status_code=e.http_status, headers=headers)
 
 
-def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str = "") -> Starlette:
+def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str = "") -> KeycardAsgi:
     from keycard.http import routes
 
     router = Router()
@@ -181,16 +182,39 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
         from keycard.http.openapi import build_openapi
         return JSONResponse(build_openapi(router))
 
-    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    fixed = {"/metrics": metrics, "/healthz": healthz, "/readyz": readyz, "/openapi.json": openapi}
     app = Starlette(routes=[
-        StarletteRoute("/metrics", metrics, methods=["GET"]),
-        StarletteRoute("/healthz", healthz, methods=["GET"]),
-        StarletteRoute("/readyz", readyz, methods=["GET"]),
-        StarletteRoute("/openapi.json", openapi, methods=["GET"]),
-        StarletteRoute("/{path:path}", dispatch, methods=methods),
+        *(StarletteRoute(path, endpoint, methods=["GET"]) for path, endpoint in fixed.items()),
+        StarletteRoute("/{path:path}", dispatch, methods=list(_API_METHODS)),
     ])
     app.state.keycard = app_state
-    return app
+    return KeycardAsgi(dispatch, app, frozenset(fixed))
+
+
+_API_METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE"))
+
+
+class KeycardAsgi:
+    """keycard's ASGI entry. An API request goes straight to ``dispatch`` (which matches its own routes and
+    turns every error into Google's JSON), skipping Starlette's router and middleware — about 20 µs of every
+    request. The fixed endpoints, other methods (405) and lifespan events go through the Starlette app."""
+
+    __slots__ = ("_dispatch", "_fixed", "_starlette", "state")
+
+    def __init__(self, dispatch: Callable[[Request], Awaitable[Response]], starlette: Starlette,
+                 fixed: frozenset[str]) -> None:
+        self._dispatch = dispatch
+        self._starlette = starlette
+        self._fixed = fixed
+        self.state = starlette.state
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in _API_METHODS and scope["path"] not in self._fixed:
+            scope["app"] = self
+            response = await self._dispatch(Request(scope, receive, send))
+            await response(scope, receive, send)
+            return
+        await self._starlette(scope, receive, send)
 
 
 async def _read_upload(request: Request) -> bytes:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import http.client
 import io
 import json
 import os
@@ -37,26 +36,12 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
 from bench.server import KEYCARD, Server, machine, write_section  # noqa: E402
+from bench.server import api_call as _call  # noqa: E402
 
 START, END = "<!-- ml-bench:start -->", "<!-- ml-bench:end -->"
 ADMIN = "admin@example.com"
 PROJECT, BUCKET, MODEL = "bench-ml", "bench-ml-models", "clf"
 RATE_TARGET, SHARE_TARGET = 500.0, 5.0
-
-
-def _call(port: int, method: str, path: str, token: str, body: Any = None, raw: bytes | None = None,
-          ctype: str = "application/json") -> Any:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        conn.request(method, path, body=data, headers={"Authorization": f"Bearer {token}", "Content-Type": ctype})
-        resp = conn.getresponse()
-        out = resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"{method} {path}: {resp.status} {out[:500]!r}")
-        return json.loads(out) if out else {}
-    finally:
-        conn.close()
 
 
 def setup(port: int, token: str, org: str) -> None:

@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
 from bench.server import KEYCARD, Server, free_port, machine, write_section  # noqa: E402
+from bench.server import api_call as _call  # noqa: E402
 
 START, END = "<!-- proxy-bench:start -->", "<!-- proxy-bench:end -->"
 ADMIN, USER = "admin@example.com", "bench@example.com"
@@ -75,20 +76,6 @@ def serve_upstream(port: int) -> None:
 
 
 # ============================================================================================ setup
-def _call(port: int, method: str, path: str, token: str, body: Any = None) -> Any:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(method, path, body=json.dumps(body).encode() if body is not None else None,
-                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-        resp = conn.getresponse()
-        out = resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"{method} {path}: {resp.status} {out[:500]!r}")
-        return json.loads(out) if out else {}
-    finally:
-        conn.close()
-
-
 def _wait(port: int, path: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

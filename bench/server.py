@@ -691,6 +691,22 @@ def render(results: dict[str, Any], cmd: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def api_call(port: int, method: str, path: str, token: str, body: Any = None, raw: bytes | None = None,
+          ctype: str = "application/json") -> Any:
+    """One JSON call to a keycard server on loopback as ``token``'s caller; anything but 200 raises."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        conn.request(method, path, body=data, headers={"Authorization": f"Bearer {token}", "Content-Type": ctype})
+        resp = conn.getresponse()
+        out = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{method} {path}: {resp.status} {out[:500]!r}")
+        return json.loads(out) if out else {}
+    finally:
+        conn.close()
+
+
 def write_section(out: Path, section: str, start: str = START, end: str = END) -> None:
     """Replace the part of ``out`` between ``start`` and ``end`` with ``section`` (or append it);
     the rest of the file is left alone. Every bench script writes its own section this way."""

@@ -2,7 +2,8 @@
 
 ``Engine.load(assets.ndjson, groups=…, roles=custom roles, deny_policies=…)`` — plus, at the
 large scale, ``catalog=`` Google's full role catalog (``../shared/data/gcp-iam/roles.json``).
-``Engine.warm()`` is part of the load. Checks pass ``time=`` the workload's fixed request.time;
+``Engine.warm()`` and, from 100k bindings, ``keycard.hugepages.collapse()`` are part of the load (both
+are what ``keycard serve`` does after start). Checks pass ``time=`` the workload's fixed request.time;
 writes are ``set_iam_policy``.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.workload import SHARED_ROLES
+from keycard import hugepages
 
 NAME = "keycard"
 DESCRIPTION = "keycard Engine: Engine.load(CAI NDJSON, groups, roles, deny_policies); check / check_many"
@@ -30,6 +32,8 @@ def build(wl: Any) -> Any:
     engine = Engine.load(str(wl.assets_path), groups=wl.groups, roles=wl.roles,
                          deny_policies=wl.deny_policies, **kw)
     engine.warm()      # projects' merged indexes now, as `keycard serve` does after start (counted in load)
+    if engine.binding_count >= 100_000:
+        hugepages.collapse()    # the heap on huge pages, as `keycard serve` does after warm (counted in load)
     return engine
 
 

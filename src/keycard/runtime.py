@@ -17,6 +17,7 @@ import time as _time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from keycard import hugepages
 from keycard.engine.engine import Engine
 from keycard.errors import InvalidArgument, KeycardError, Unavailable
 from keycard.identity.registry import IDENTITY_KINDS, Registry
@@ -25,6 +26,7 @@ from keycard.store.base import Change, Record, Store
 __all__ = ["KINDS", "Runtime", "etag_for", "revision_from_etag"]
 
 log = logging.getLogger("keycard.runtime")
+_HUGEPAGES_FROM = 100_000      # bindings: below this the heap is small enough that 4 KiB pages do
 
 # kinds of records the engine mirrors
 KINDS = ("resource", "iam_policy", "role", "group", "deny_policy", "org_policy", *IDENTITY_KINDS)
@@ -128,8 +130,15 @@ class Runtime:
         self._follower = threading.Thread(target=self._follow, name="keycard-follower", daemon=True)
         self._follower.start()
         # projects' merged indexes, built in the background rather than by each project's first request
-        threading.Thread(target=self.engine.warm, kwargs={"pause": lambda: _time.sleep(0.002)},
-                         name="keycard-warm", daemon=True).start()
+        threading.Thread(target=self._warm, name="keycard-warm", daemon=True).start()
+
+    def _warm(self) -> None:
+        """Merged project indexes, then the heap on huge pages (see keycard.hugepages)."""
+        self.engine.warm(pause=lambda: _time.sleep(0.002))
+        if self.engine.binding_count >= _HUGEPAGES_FROM:
+            done = hugepages.collapse()
+            if done is not None:
+                log.info("engine heap: %s", done)
 
     def stop(self) -> None:
         self._stop.set()

@@ -157,6 +157,25 @@ def test_disabled_or_deleted_custom_role_grants_nothing() -> None:
     assert not e.check("user:r@x.com", "ml.models.get", MODEL, time=T).allowed
 
 
+def test_replacing_a_roles_permissions_is_seen_by_checks_and_the_role_finder() -> None:
+    role = {"name": "organizations/1/roles/modelOps", "title": "r", "includedPermissions": ["ml.models.get"],
+            "stage": "GA"}
+    twin = {**role, "name": "organizations/1/roles/modelOpsTwin"}        # same permission, another handle
+    e = world(proj=[b("organizations/1/roles/modelOps", "user:r@x.com"),
+                    b("organizations/1/roles/modelOpsTwin", "user:t@x.com")], roles=[role, twin])
+    assert e.check("user:r@x.com", "ml.models.get", MODEL, time=T).allowed
+    assert not e.check("user:r@x.com", "ml.models.delete", MODEL, time=T).allowed
+    e.put_role({**role, "includedPermissions": ["ml.models.delete"]})
+    assert not e.check("user:r@x.com", "ml.models.get", MODEL, time=T).allowed
+    assert e.check("user:r@x.com", "ml.models.delete", MODEL, time=T).allowed
+    assert e.check("user:t@x.com", "ml.models.get", MODEL, time=T).allowed   # the twin still holds it
+    found = [r.name for r in e.find_roles(["ml.models.get"], resource=MODEL)]
+    assert "organizations/1/roles/modelOpsTwin" in found and "organizations/1/roles/modelOps" not in found
+    e.put_role({**role, "includedPermissions": ["ml.models.get", "ml.models.delete"]})
+    assert e.check("user:r@x.com", "ml.models.get", MODEL, time=T).allowed
+    assert e.check("user:r@x.com", "ml.models.delete", MODEL, time=T).allowed
+
+
 def test_custom_role_only_within_its_project() -> None:
     role = {"name": "projects/ml-proj/roles/reader", "includedPermissions": ["resourcemanager.projects.get"]}
     e = world(roles=[role])

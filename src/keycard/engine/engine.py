@@ -64,6 +64,9 @@ Clock = Callable[[], dt.datetime]
 _UTC = dt.UTC
 
 
+_NO_HOLDERS: frozenset[object] = frozenset()
+
+
 def _system_clock() -> dt.datetime:
     return dt.datetime.now(_UTC)
 
@@ -314,6 +317,7 @@ class Engine:
             hot = node._hot
             denies = node._denies
         keys = ident.keys
+        holders = self._roles.holders.get(permission, _NO_HOLDERS)   # the role handles granting it
         # Allow first, deny second: the deny rules only matter when something grants. A decision
         # that nothing grants is NOT_GRANTED either way; its deny reason is computed if asked for.
         # Each probed index is one node's (first grant found wins: nearest node, then identity key
@@ -337,7 +341,7 @@ class Engine:
                     if grants is None:
                         continue
                     for g in grants:
-                        if permission in g.role.perms:
+                        if g.role in holders:
                             if g.cond is None and g.role.scope is None:
                                 found = (g, k, ident, None)
                                 break
@@ -357,7 +361,7 @@ class Engine:
                     if grants is None:
                         continue
                     for g in grants:
-                        if permission in g.role.perms:
+                        if g.role in holders:
                             if g.cond is None and g.role.scope is None:
                                 if near is None or (g.node is not near
                                                     and len(h.chain(g.node)) > len(h.chain(near))):

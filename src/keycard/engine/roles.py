@@ -4,6 +4,11 @@ Bindings hold a :class:`RoleHandle`, not a permission set, so replacing a role
 (a new permission, DISABLED, deleted) is seen by every binding at once with no
 re-indexing. A handle for a role nobody defined yet exists too: it grants
 nothing and says so, and starts granting the moment the role is defined.
+
+The catalog also keeps, live, permission → the handles that grant it (``holders``). A check asks
+"is this grant's handle among the holders of the permission?": one probe into a small set that
+stays in cache across checks of the same permission, instead of a probe into the role's own
+permission set (thousands of entries for the basic roles; a cache miss per grant at scale).
 """
 
 from __future__ import annotations
@@ -29,9 +34,22 @@ class RoleHandle:
         self.role: Role | None = None
         self.perms: frozenset[str] = _EMPTY   # effective: empty unless defined and granting
 
-    def set(self, role: Role | None) -> None:
+    def set(self, role: Role | None, holders: dict[str, set[RoleHandle]]) -> None:
+        """Install ``role`` (None: undefined), keeping ``holders`` (permission → granting handles) true."""
+        old = self.perms
+        new = role.permissions if role is not None and role.grants else _EMPTY
+        for p in new - old if old else new:
+            hs = holders.get(p)
+            if hs is None:
+                holders[p] = {self}
+            else:
+                hs.add(self)
         self.role = role
-        self.perms = role.permissions if role is not None and role.grants else _EMPTY
+        self.perms = new
+        for p in old - new if new else old:
+            hs = holders.get(p)
+            if hs is not None:
+                hs.discard(self)
 
     @property
     def state(self) -> str:
@@ -48,7 +66,7 @@ class RoleHandle:
 class RoleCatalog:
     def __init__(self) -> None:
         self._handles: dict[str, RoleHandle] = {}
-        self._by_perm: dict[str, set[str]] | None = None
+        self.holders: dict[str, set[RoleHandle]] = {}      # permission → handles whose role grants it
 
     def handle(self, name: str) -> RoleHandle:
         h = self._handles.get(name)
@@ -57,13 +75,12 @@ class RoleCatalog:
         return h
 
     def put(self, role: Role) -> None:
-        self.handle(role.name).set(role)
-        self._by_perm = None
+        self.handle(role.name).set(role, self.holders)
 
     def put_many(self, roles: Iterable[Role]) -> None:
+        holders = self.holders
         for r in roles:
-            self.handle(r.name).set(r)
-        self._by_perm = None
+            self.handle(r.name).set(r, holders)
 
     def get(self, name: str) -> Role | None:
         h = self._handles.get(name)
@@ -88,18 +105,12 @@ class RoleCatalog:
         wanted = list(dict.fromkeys(permissions))
         if not wanted:
             return []
-        if self._by_perm is None:
-            idx: dict[str, set[str]] = {}
-            for h in self._handles.values():
-                for p in h.perms:
-                    idx.setdefault(p, set()).add(h.name)
-            self._by_perm = idx
-        sets = sorted((self._by_perm.get(p, set()) for p in wanted), key=len)
+        none: set[RoleHandle] = set()
+        sets = sorted((self.holders.get(p, none) for p in wanted), key=len)
         found = set(sets[0]).intersection(*sets[1:])
         allowed_scopes = set(scopes)
         out = []
-        for n in found:
-            h = self._handles[n]
+        for h in found:
             if h.role is None or (h.scope is not None and (predefined_only or h.scope not in allowed_scopes)):
                 continue
             out.append(h.role)

@@ -465,14 +465,23 @@ class Engine:
 
     def _context(self, resource: str, time: dt.datetime,
                  attributes: Mapping[str, str] | None = None) -> ConditionContext:
+        node = self._h.nodes.get(resource)          # the check just looked it up: a cached read
+        if node is not None:
+            attrs = node._attrs
+            if attrs is None:
+                attrs = node._attrs = self._attributes(resource)
+        else:
+            attrs = self._attributes(resource)
+        if attributes:
+            return ConditionContext(time, *attrs, attributes)
+        return ConditionContext(time, *attrs)
+
+    def _attributes(self, resource: str) -> tuple[str, str, str]:
+        """resource.name (relative), resource.type and resource.service of a full resource name."""
         rn = names.parse_resource(resource)
         node = self._lookup(rn.full)
         rtype = node.type if node is not None and rn.type.endswith("/Unknown") else rn.type
-        if attributes:
-            return ConditionContext(request_time=time, resource_name=rn.relative, resource_type=rtype,
-                                    resource_service=rn.service, extra=attributes)
-        return ConditionContext(request_time=time, resource_name=rn.relative, resource_type=rtype,
-                                resource_service=rn.service)
+        return rn.relative, rtype, rn.service
 
     def _deny_on(self, n: Node, ident: Identity, permission: str, resource: str, time: dt.datetime | None,
                  attributes: Mapping[str, str] | None = None) -> tuple[DenyReason | None, tuple[ConditionResult, ...]]:

@@ -140,7 +140,7 @@ class Node:
 
     # the fields a check reads first, together (slots are laid out in this order)
     __slots__ = ("_gen", "_hot", "_denies", "probe", "allow", "deny", "kind",  # noqa: RUF023
-                 "_chain", "cchildren", "nchildren", "name", "parent", "policy", "type")
+                 "_attrs", "_chain", "cchildren", "nchildren", "name", "parent", "policy", "type")
 
     def __init__(self, name: str, type_: str) -> None:
         self.name = name
@@ -158,6 +158,8 @@ class Node:
         self._hot: tuple[Node, ...] = ()
         self._denies: tuple[Node, ...] = ()
         self._gen = -1
+        # IAM Conditions' resource.name, resource.type, resource.service (built on first use)
+        self._attrs: tuple[str, str, str] | None = None
 
     def __repr__(self) -> str:
         return f"Node({self.name!r})"
@@ -181,8 +183,9 @@ class Hierarchy:
         n = self.nodes.get(name)
         if n is None:
             n = self.nodes[name] = Node(name, type_)
-        elif type_ and not type_.endswith("/Unknown"):
+        elif type_ and not type_.endswith("/Unknown") and n.type != type_:
             n.type = type_
+            n._attrs = None
         return n
 
     def set_parent(self, node: Node, parent: Node | None) -> None:

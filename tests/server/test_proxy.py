@@ -318,6 +318,32 @@ def test_every_allowed_and_denied_request_is_in_the_data_access_log(env: Setup) 
     assert all(e["protoPayload"]["resourceName"] == RESOURCE for e in mine)
 
 
+def test_each_request_is_recorded_once_while_its_decision_is_renewed(env: Setup) -> None:
+    """Steady traffic over several decision lifetimes: the decision is renewed in the background (the
+    renewals are not audit entries) and every request, from the cache or not, is on record exactly once."""
+    auth = {"Authorization": f"Bearer {env.server.token(USER)}"}
+    env.grant(f"user:{USER}")
+    _until(lambda: httpx.get(env.proxy.url + "/warm", headers=auth, timeout=10).status_code == 200)
+    sent = 0
+    with httpx.Client(timeout=10) as c:
+        end = time.monotonic() + 2.0             # four lifetimes of the default 0.5 s decision TTL
+        while time.monotonic() < end:
+            assert c.get(env.proxy.url + "/steady", headers=auth).status_code == 200
+            sent += 1
+            time.sleep(0.01)
+    time.sleep(2.5)                           # the proxy flushes cached decisions' records every second
+    out = subprocess.run([*KEYCARD, "logs", "read", 'protoPayload.methodName="AuthorizeUser"', "--limit", "5000",
+                          "--format", "json", "--database", env.server.database],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    steady = [e for e in json.loads(out.stdout)
+              if e["protoPayload"]["requestMetadata"]["requestAttributes"]["path"] == "/steady"]
+    assert len(steady) == sent, (len(steady), sent)
+    assert all(e["protoPayload"]["authenticationInfo"]["principalEmail"] == USER for e in steady)
+    hits = [e for e in steady if e.get("labels", {}).get("keycard.dev/decision-cache") == "hit"]
+    assert len(hits) == sent - 1              # keycard decided the first; the cache answered the rest
+
+
 def test_a_proxy_whose_identity_lacks_the_permission_fails_closed(env: Setup, tmp_path: Path) -> None:
     _email, key, _ = _key(env.admin, PROJECT, "rogue-proxy")
     rogue = start_proxy(tmp_path, upstream=env.upstream.url, resource=RESOURCE, endpoint=env.server.url,

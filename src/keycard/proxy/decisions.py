@@ -1,18 +1,23 @@
-"""The proxy's side of keycard: decisions (cached ≤ 1 s), the audit of cached ones, its own credential.
+"""The proxy's side of keycard: decisions (cached < 1 s), the audit of cached ones, its own credential.
 
 The proxy never opens keycard's database: it asks ``POST /v1/{resource}:keycardCheckAccess`` with
 its own bearer (a keycard token, or a self-signed JWT made from a service-account key file every
 50 minutes) and needs ``iap.webServices.getSettings`` on the resource. A decision is cached per
-(credential, host, path) for at most ``ttl`` seconds, so a revoked grant or a disabled account stops
-traffic within that time; concurrent misses of one key share one call; a keycard-signed credential
-that does not verify against keycard's JWKS is refused here (:mod:`.localcheck`). Requests answered from the
-cache are queued and sent to ``:keycardRecordAccess`` every ``flush_interval`` seconds.
+(credential, host, path). It is used as is for ``ttl`` seconds; after that the first request that
+finds it starts a renewal in the background and is answered from the cache, so steady traffic never
+waits for keycard; a decision is never used once it is ``max_age`` seconds old (counted from when it
+was asked for, < 1 s), so a revoked grant or a disabled account stops traffic within that time even
+when keycard is slow to answer (requests then wait for the renewal). Concurrent misses of one key share
+one call; a keycard-signed credential that does not verify against keycard's JWKS is refused here
+(:mod:`.localcheck`). Requests answered from the cache are queued and sent to ``:keycardRecordAccess``
+every ``flush_interval`` seconds; renewals are not audited by keycard (no request was decided by them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +31,7 @@ from keycard.proxy.localcheck import LocalCheck
 __all__ = ["Credential", "Decision", "Decisions", "KeycardUnavailable"]
 
 MAX_TTL = 1.0
+MAX_AGE = 0.9                              # the oldest a decision may be when used (< MAX_TTL)
 ACCESS = "iap.webServiceVersions.accessViaIAP"
 _CACHE_LIMIT = 50_000
 _BATCH = 2000
@@ -83,15 +89,20 @@ class Decisions:
     flush_interval: float = 1.0
     clock: Callable[[], float] = time.monotonic
     _client: httpx.AsyncClient | None = None
-    _cache: dict[tuple[str, str, str], tuple[float, Decision]] = field(default_factory=dict)
+    max_age: float = MAX_AGE
+    _cache: dict[tuple[str, str, str], tuple[float, float, Decision]] = field(default_factory=dict)
     _inflight: dict[tuple[str, str, str], asyncio.Future[Decision]] = field(default_factory=dict)
-    _pending: list[dict[str, Any]] = field(default_factory=list)
+    _renewals: set[asyncio.Task[Decision]] = field(default_factory=set)
+    # requests answered from the cache, as flat tuples of strings and a float until they are sent: no
+    # per-request dicts for the garbage collector to trace (principal, decision, caller ip, time, path, host, method)
+    _pending: list[tuple[str | None, str, str, float, str, str, str]] = field(default_factory=list)
     _flusher: asyncio.Task[None] | None = None
     _local: LocalCheck = field(init=False)
     calls: int = 0                         # keycardCheckAccess calls made (for tests and the bench)
 
     def __post_init__(self) -> None:
-        self.ttl = min(max(self.ttl, 0.0), MAX_TTL)
+        self.max_age = min(max(self.max_age, 0.0), MAX_AGE)
+        self.ttl = min(max(self.ttl, 0.0), self.max_age)
         self._local = LocalCheck(self.endpoint.rstrip("/") + "/.well-known/jwks.json")
 
     async def start(self) -> None:
@@ -107,6 +118,8 @@ class Decisions:
     async def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
+        for task in list(self._renewals):
+            task.cancel()
         await self.flush()
         if self._client is not None:
             await self._client.aclose()
@@ -116,27 +129,38 @@ class Decisions:
         key = (credential or "", host, path)
         now = self.clock()
         hit = self._cache.get(key)
-        if hit is not None and hit[0] > now:
-            d = hit[1]
+        if hit is not None and hit[1] > now:
+            renew_at, _, d = hit
+            if renew_at <= now and key not in self._inflight:
+                task = asyncio.create_task(self._fetch(key, credential, host, path, method, caller_ip, renewal=True))
+                self._renewals.add(task)
+                task.add_done_callback(_renewed(self._renewals))
             if d.decision != "UNAUTHENTICATED":
-                self._pending.append({"principal": d.principal, "decision": d.decision, "callerIp": caller_ip,
-                                      "time": _now(), "request": {"path": path, "host": host, "method": method}})
+                self._pending.append((d.principal, d.decision, caller_ip, time.time(), path, host, method))
             return d
         waiting = self._inflight.get(key)
         if waiting is not None:
             return await asyncio.shield(waiting)
+        return await self._fetch(key, credential, host, path, method, caller_ip)
+
+    async def _fetch(self, key: tuple[str, str, str], credential: str | None, host: str, path: str, method: str,
+                     caller_ip: str, *, renewal: bool = False) -> Decision:
+        """Ask keycard (one call per key at a time) and cache the answer, aged from when it was asked."""
         fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
+        asked = self.clock()
         try:
             why = await self._local.refusal(credential, self._http()) if credential else None
             if why is not None:
                 d = Decision("UNAUTHENTICATED", message=f"Request had invalid authentication credentials: {why}.",
                              permission=ACCESS, resource=self.resource)
             else:
-                d = await self._ask(credential, host, path, method, caller_ip)
+                d = await self._ask(credential, host, path, method, caller_ip, renewal=renewal)
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
-            self._cache[key] = (self.clock() + self.ttl, d)
+            renew_at = asked + self.ttl
+            # refusals of callers with no valid credential are audited by keycard as it decides: not renewed
+            self._cache[key] = (renew_at, renew_at if d.decision == "UNAUTHENTICATED" else asked + self.max_age, d)
             fut.set_result(d)
             return d
         except BaseException as e:
@@ -146,11 +170,14 @@ class Decisions:
         finally:
             self._inflight.pop(key, None)
 
-    async def _ask(self, credential: str | None, host: str, path: str, method: str, caller_ip: str) -> Decision:
+    async def _ask(self, credential: str | None, host: str, path: str, method: str, caller_ip: str, *,
+                   renewal: bool = False) -> Decision:
         assert self._client is not None, "Decisions.start() first"
         self.calls += 1
-        body = {"credential": credential, "audiences": self.audiences, "callerIp": caller_ip,
-                "request": {"path": path, "host": host, "method": method}}
+        body: dict[str, Any] = {"credential": credential, "audiences": self.audiences, "callerIp": caller_ip,
+                                "request": {"path": path, "host": host, "method": method}}
+        if renewal:
+            body["renewal"] = True
         try:
             r = await self._client.post(f"/v1/{self.resource}:keycardCheckAccess", json=body,
                                         headers={"Authorization": f"Bearer {self.credential.bearer()}"})
@@ -170,21 +197,37 @@ class Decisions:
                 continue
 
     async def flush(self) -> None:
-        """Send the queued cache-hit records to keycard's audit log."""
-        while self._pending and self._client is not None:
-            batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
+        """Send the cache-hit records queued so far to keycard's audit log, at most ``_BATCH`` a call.
+        Records queued while this runs wait for the next flush: under steady traffic that is one call per
+        ``flush_interval``, not a stream of small calls each costing keycard a transaction."""
+        queued, self._pending = self._pending, []
+        while queued and self._client is not None:
+            batch, queued = queued[:_BATCH], queued[_BATCH:]
+            body = json.dumps({"entries": [
+                {"principal": principal, "decision": decision, "callerIp": ip, "time": _rfc3339(t),
+                 "request": {"path": path, "host": host, "method": method}}
+                for principal, decision, ip, t, path, host, method in batch]}, separators=(",", ":")).encode()
             try:
-                r = await self._client.post(f"/v1/{self.resource}:keycardRecordAccess", json={"entries": batch},
-                                            headers={"Authorization": f"Bearer {self.credential.bearer()}"})
+                r = await self._client.post(f"/v1/{self.resource}:keycardRecordAccess", content=body, headers={
+                    "Authorization": f"Bearer {self.credential.bearer()}", "Content-Type": "application/json"})
             except httpx.HTTPError:
                 r = None
             if r is None or r.status_code >= 500:
-                self._pending[:0] = batch        # keep them for the next try
-                return
+                queued[:0] = batch               # keep them for the next try
+                break
+        self._pending[:0] = queued
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _renewed(tasks: set[asyncio.Task[Decision]]) -> Callable[[asyncio.Task[Decision]], None]:
+    def done(task: asyncio.Task[Decision]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()             # a failed renewal: the next request after max_age asks again
+    return done
+
+
+def _rfc3339(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _message(r: httpx.Response) -> str:

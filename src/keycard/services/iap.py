@@ -18,7 +18,8 @@ choose who its callers are.
   keycard-minted ID token for one of the proxy's audiences) plus the request's path, host and
   method → the decision, the principal, and for an allowed request the signed identity assertion
   (``X-Goog-IAP-JWT-Assertion``: ES256, verifiable at ``/.well-known/jwks.json``). Each call is a
-  Data Access audit entry, allowed or denied.
+  Data Access audit entry, allowed or denied — except a renewal (``"renewal": true``), which the
+  proxy makes ahead of time for a decision it caches and which decides no request by itself.
 * ``:keycardRecordAccess`` — the requests the proxy let through or refused from its ≤ 1 s decision
   cache, in batches, each written as a Data Access entry, so every request is on record.
 """
@@ -232,9 +233,10 @@ def check_access(svc: Services, caller: Caller, authn: Authenticator, keys: KeyS
         sign_in = _sign_in(svc, rn.full)
         if sign_in is not None:
             out["signIn"] = sign_in
-    entry = _entry(svc, rn.relative, user.principal, out["decision"], attrs, rfc3339(now),
-                   str(body.get("callerIp", ""))[:64], proxy=caller.principal)
-    svc.runtime.store.append_audit([entry])
+    if body.get("renewal") is not True:   # a renewal decides no request: the proxy records those it serves
+        entry = _entry(svc, rn.relative, user.principal, out["decision"], attrs, rfc3339(now),
+                       str(body.get("callerIp", ""))[:64], proxy=caller.principal)
+        svc.runtime.store.append_audit([entry])
     return out
 
 

@@ -1,6 +1,10 @@
 """The server benchmark: `keycard serve` over HTTP on loopback, an organization of ~100k bindings.
 
     .venv/bin/python bench/server.py [--backends sqlite,postgresql] [--quick] [--out docs/benchmarks.md]
+    .venv/bin/python bench/server.py --backends sqlite --only setiampolicy [--duration 5] [--writers 1,8]
+
+``--only setiampolicy`` builds the database, starts the server once and runs only the setIamPolicy writers
+(plus the in-process commit floor); it prints its figures and writes nothing to --out.
 
 Per backend: build a database (``keycard init``, then folders, projects, groups and ~100k bindings written
 straight into the store with ``SqlStore.commit`` in batches; timed, not a target); cold start of
@@ -394,11 +398,12 @@ def bench_backend(name: str, url: str, args: argparse.Namespace, workdir: Path) 
     colds: list[float] = []
     server: Server | None = None
     res["load_cold"] = load_avg()
-    for i in range(3):
+    only_set = args.only == "setiampolicy"
+    for i in range(1 if only_set else 3):
         server = Server(url, workdir / f"{name}-serve.log")
         colds.append(server.cold_s)
         print(f"[{name}] cold start {i + 1}: {server.cold_s:.2f} s", flush=True)
-        if i < 2:
+        if i < (0 if only_set else 2):
             server.stop()
     assert server is not None
     res["cold_s"] = colds
@@ -407,7 +412,7 @@ def bench_backend(name: str, url: str, args: argparse.Namespace, workdir: Path) 
         rng = random.Random(11)
         targets = [*db["project_ids"], *db["project_numbers"]]
         res["tip"] = {}
-        for c in args.concurrency:
+        for c in ([] if only_set else args.concurrency):
             spec = {"mode": "tip", "port": server.port, "token": user_token, "projects": targets,
                     "permissions": PERMISSIONS, "concurrency": c, "warmup": args.warmup,
                     "duration": args.duration, "seed": rng.randrange(1 << 30)}
@@ -741,6 +746,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="superuser URL of a running PostgreSQL (default: a throwaway local cluster)")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--workdir", default="")
+    ap.add_argument("--only", choices=("all", "setiampolicy"), default="all",
+                    help="setiampolicy: only the setIamPolicy writers (one server start, no testIamPermissions, "
+                         "no profile); prints the figures, writes nothing to --out")
     args = ap.parse_args(argv)
     args.duration = args.duration or (3.0 if args.quick else 15.0)
     args.warmup = 1.0 if args.quick else 2.0
@@ -778,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"unknown backend {backend!r}: use sqlite and/or postgresql")
             res = bench_backend(backend, url, args, workdir)
             results["backends"].append(res)
-            if backend == "sqlite" and not args.no_profile:
+            if backend == "sqlite" and not args.no_profile and args.only == "all":
                 print("[sqlite] profiling testIamPermissions in-process …", flush=True)
                 ids = [f"bench-p-{i:05d}" for i in range(args.projects)]
                 results["profile"] = profile(url, ids, mint_token(url, USER), results["profile_s"])
@@ -793,6 +801,12 @@ def main(argv: list[str] | None = None) -> int:
             pg.stop()
     results["load_end"] = load_avg()
     results["total_s"] = time.perf_counter() - t_all
+    if args.only != "all":
+        (workdir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        print(f"--only {args.only}: nothing written to {args.out} (raw: {workdir / 'results.json'})")
+        if not args.workdir:
+            shutil.rmtree(workdir / "sqlite", ignore_errors=True)
+        return 0
     cmd = "bench/server.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = render(results, cmd.strip())
     out = Path(args.out) if os.path.isabs(args.out) else REPO / args.out

@@ -70,6 +70,8 @@ class Runtime:
         self.parsed: dict[tuple[str, str], tuple[Mapping[str, Any], Any]] = {}
         # resource records hot read paths serve from memory (projects, ML models and versions: see mirrors())
         self._records: dict[str, Record] = {}
+        # every iam_policy record as of ``applied`` (getIamPolicy and setIamPolicy's read: see iam_policy())
+        self._policies: dict[str, Record] = {}
 
     # -------------------------------------------------------------------------------- loading
     def bootstrap(self) -> None:
@@ -166,6 +168,12 @@ class Runtime:
         """The mirrored ``resource`` record ``name`` as of ``applied`` (for a name ``mirrors`` accepts)."""
         return self._records.get(name)
 
+    def iam_policy(self, name: str) -> Record | None:
+        """The ``iam_policy`` record ``name`` as of ``applied`` (None: none then), as ``store.get`` gave it at
+        that revision. Its data is shared: copy before changing it. Behind the store by what this replica
+        has not applied yet; a write built on it must carry the record's revision as its precondition."""
+        return self._policies.get(name)
+
     # -------------------------------------------------------------------------------- applying
     def _apply_change(self, ch: Change) -> None:
         if ch.kind not in KINDS:
@@ -190,6 +198,7 @@ class Runtime:
                     self._project_names[pid] = r.name
                     self._convenience(r.name, self._project_policies.get(r.name, {}))
             elif r.kind == "iam_policy":
+                self._policies[r.name] = r
                 if _has_convenience(d):
                     self._conv_policies[r.name] = d
                     e.set_iam_policy(r.name, self._expanded(d), unknown_roles="ignore")
@@ -284,6 +293,7 @@ class Runtime:
                 self._records.pop(name, None)
                 e.remove_resource(name)
             elif kind == "iam_policy":
+                self._policies.pop(name, None)
                 e.set_iam_policy(name, {"bindings": []}, unknown_roles="ignore")
                 self._conv_policies.pop(name, None)
                 self._convenience(name, {})

@@ -105,14 +105,16 @@ class Services:
                expect: Sequence[Expect] = (), method: str, service: str, resource_name: str,
                request: Mapping[str, Any] | None = None, response: Mapping[str, Any] | None = None,
                service_data: Mapping[str, Any] | None = None, parsed: Mapping[tuple[str, str], Any] | None = None,
-               ) -> int:
+               redacted: bool = False) -> int:
         """One transaction: the writes and their Admin Activity audit entry; then the engine catches up.
 
         ``parsed``: (kind, name) → the engine's form of that put's data, exactly what parsing it would
-        give; applying the record (by whichever thread catches up first) uses it instead of parsing."""
+        give; applying the record (by whichever thread catches up first) uses it instead of parsing.
+        ``redacted``: the caller has checked that ``request`` and ``response`` hold no secret (e.g. a policy
+        made only of a policy's own fields): recorded as they are, without the redaction walk."""
         entry = self.audit_entry(caller, method=method, service=service, resource_name=resource_name,
                                  request=request, response=response, service_data=service_data,
-                                 log="activity")
+                                 log="activity", redacted=redacted)
         runtime = self.runtime
         mine: dict[tuple[str, str], tuple[Mapping[str, Any], Any]] = {}
         if parsed:
@@ -162,7 +164,7 @@ class Services:
 
     def audit_entry(self, caller: Caller, *, method: str, service: str, resource_name: str,
                     request: Mapping[str, Any] | None, response: Mapping[str, Any] | None,
-                    service_data: Mapping[str, Any] | None, log: str) -> dict[str, Any]:
+                    service_data: Mapping[str, Any] | None, log: str, redacted: bool = False) -> dict[str, Any]:
         now = self.clock()
         org = (self.organization or "").split("/")[-2:]
         parent = "/".join(org) if len(org) == 2 else "organizations/0"
@@ -175,9 +177,9 @@ class Services:
             "resourceName": resource_name,
         }
         if request is not None:
-            payload["request"] = redact(request)
+            payload["request"] = dict(request) if redacted else redact(request)
         if response is not None:
-            payload["response"] = redact(response)
+            payload["response"] = dict(response) if redacted else redact(response)
         if service_data is not None:
             payload["serviceData"] = dict(service_data)
         entry: dict[str, Any] = {

@@ -19,6 +19,7 @@ so clients need no read-modify-write loop of their own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -39,10 +40,34 @@ MASKABLE = {"bindings", "etag", "auditConfigs", "audit_configs", "version"}
 
 
 def _stored(svc: Services, resource: str) -> tuple[dict[str, Any], int]:
+    """The policy record and its revision, read from the store."""
     rec = svc.runtime.store.get("iam_policy", resource)
     if rec is None:
         return {"version": 1}, 0
     return dict(rec.data), rec.revision
+
+
+def _mirrored(svc: Services, resource: str) -> tuple[dict[str, Any], int]:
+    """The policy record and its revision from this replica's mirror (Runtime.iam_policy), as of the revision
+    it has applied: what a store read gave at that revision, and the policy this replica's permission checks
+    use. As fresh as those: this replica's own writes are applied before they answer, other replicas' within
+    the change feed's delay (X-Keycard-Revision waits for a given one)."""
+    rec = svc.runtime.iam_policy(resource)
+    if rec is None:
+        return {"version": 1}, 0
+    return dict(rec.data), rec.revision
+
+
+def _for_write(svc: Services, resource: str, etag: object) -> tuple[dict[str, Any], int]:
+    """The policy a setIamPolicy with ``etag`` builds on. When the etag names the mirror's revision the
+    mirror's record is the one the etag was read from, and the commit's precondition (that revision)
+    guarantees it is still the stored one, or answers 409 ABORTED; otherwise the store is read."""
+    if isinstance(etag, str) and etag:
+        current, rev = _mirrored(svc, resource)
+        with contextlib.suppress(InvalidArgument):
+            if revision_from_etag(etag) == rev:
+                return current, rev
+    return _stored(svc, resource)
 
 
 def _present(policy: Mapping[str, Any], revision: int) -> dict[str, Any]:
@@ -70,13 +95,41 @@ def requested_version(value: object, field: str = "options.requestedPolicyVersio
 def get_iam_policy(svc: Services, caller: Caller, resource: str, *, permission: str, service: str,
                    version: int = 0, shown: str | None = None) -> dict[str, Any]:
     svc.authorize(caller, permission, resource, service=service, shown=shown)
-    policy, rev = _stored(svc, resource)
+    policy, rev = _mirrored(svc, resource)
     has_cond = any(b.get("condition") for b in policy.get("bindings", []))
     if has_cond and version < 3:
         raise InvalidArgument("Invalid options.requestedPolicyVersion: the policy has conditional role bindings; "
                               "request version 3 (options.requestedPolicyVersion=3) so they are not dropped.",
                               field="options.requestedPolicyVersion", reason="POLICY_VERSION_TOO_LOW")
     return _present(policy, rev)
+
+
+def _stale_etag() -> Aborted:
+    return Aborted("There were concurrent policy changes. Please retry the whole read-modify-write with "
+                   "exponential backoff.", reason="ETAG_MISMATCH")
+
+
+# The fields of a google.iam.v1.Policy and its bindings that a policy without auditConfigs may hold: none is a
+# secret, and parse_allow_policy has checked that roles and members are strings.
+_POLICY_FIELDS = frozenset({"version", "bindings", "etag"})
+_BINDING_FIELDS = frozenset({"role", "members", "condition"})
+_CONDITION_FIELDS = frozenset({"expression", "title", "description", "location"})
+
+
+def _plain_policy(raw: Mapping[str, Any]) -> bool:
+    """Is ``raw`` (a request's policy that parse_allow_policy accepted) made only of a policy's own fields,
+    so that recording it in the audit log needs no redaction walk? Anything else (auditConfigs, unknown
+    fields) is redacted as every other request is."""
+    if not raw.keys() <= _POLICY_FIELDS:
+        return False
+    for b in raw.get("bindings") or ():
+        if not isinstance(b, Mapping) or not b.keys() <= _BINDING_FIELDS:
+            return False
+        cond = b.get("condition")
+        if cond is not None and (not isinstance(cond, Mapping) or not cond.keys() <= _CONDITION_FIELDS
+                                 or not all(isinstance(v, str) for v in cond.values())):
+            return False
+    return True
 
 
 def _mask(value: object) -> set[str]:
@@ -115,17 +168,31 @@ def check_limits(policy: AllowPolicy) -> None:
 
 
 def policy_delta(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """Cloud Audit Logs' serviceData.policyDelta.bindingDeltas."""
-    def flat(p: Mapping[str, Any]) -> set[tuple[str, str, str]]:
-        out = set()
+    """Cloud Audit Logs' serviceData.policyDelta.bindingDeltas.
+
+    Members are compared per (role, condition); a group whose members did not change (the usual case: a
+    write changes one or two bindings) is skipped without looking at its members one by one."""
+    def groups(p: Mapping[str, Any]) -> dict[tuple[str, str], list[str]]:
+        out: dict[tuple[str, str], list[str]] = {}
         for b in p.get("bindings", []):
             cond = b.get("condition", {}).get("expression", "") if b.get("condition") else ""
-            for m in b.get("members", []):
-                out.add((b["role"], m, cond))
+            key = (b["role"], cond)
+            members = b.get("members", [])
+            have = out.get(key)
+            out[key] = list(members) if have is None else [*have, *members]
         return out
-    before, after = flat(old), flat(new)
+    old_groups, new_groups = groups(old), groups(new)
+    before: set[tuple[str, str, str]] = set()
+    after: set[tuple[str, str, str]] = set()
+    for key in old_groups.keys() | new_groups.keys():
+        was, now = old_groups.get(key, []), new_groups.get(key, [])
+        if was == now:
+            continue
+        (role, cond), gone, came = key, set(was) - set(now), set(now) - set(was)
+        before.update((role, m, cond) for m in gone)
+        after.update((role, m, cond) for m in came)
     deltas = []
-    for action, items in (("REMOVE", before - after), ("ADD", after - before)):
+    for action, items in (("REMOVE", before), ("ADD", after)):
         for role, member, cond in sorted(items):
             d: dict[str, Any] = {"action": action, "role": role, "member": member}
             if cond:
@@ -147,7 +214,7 @@ def set_iam_policy(svc: Services, caller: Caller, resource: str, body: Mapping[s
     mask = _mask(body.get("updateMask"))
     parsed = parse_allow_policy(raw, "policy")
     eng = svc.runtime.engine
-    current, rev = _stored(svc, resource)
+    current, rev = _for_write(svc, resource, raw.get("etag") if "etag" in mask else None)
     kept_roles = {b.get("role") for b in current.get("bindings", [])}
     for i, b in enumerate(parsed.bindings):
         role = eng.get_role(b.role)
@@ -173,8 +240,7 @@ def set_iam_policy(svc: Services, caller: Caller, resource: str, body: Mapping[s
             raise InvalidArgument("Invalid policy.etag: expected the etag string from getIamPolicy.",
                                   field="policy.etag")
         if revision_from_etag(etag, "policy.etag") != rev:
-            raise Aborted("There were concurrent policy changes. Please retry the whole read-modify-write with "
-                          "exponential backoff.", reason="ETAG_MISMATCH")
+            raise _stale_etag()
     new: dict[str, Any] = dict(current)
     new_json = parsed.to_json()
     if "bindings" in mask:
@@ -199,12 +265,18 @@ def set_iam_policy(svc: Services, caller: Caller, resource: str, body: Mapping[s
     same = "bindings" in mask and new.get("version") == parsed.version \
         and [dict(a) for a in parsed.audit_configs] == list(new.get("auditConfigs") or [])
     ready = (dataclasses.replace(parsed, etag="") if parsed.etag else parsed) if same else None
-    revision = svc.commit(caller, puts=[Put("iam_policy", resource, new)],
-                          expect=[Expect("iam_policy", resource, rev if rev else None)],
-                          method=method, service=service, resource_name=resource.split("/", 3)[3],
-                          request={"resource": resource, "policy": dict(raw)},
-                          service_data=policy_delta(current, new),
-                          parsed={("iam_policy", resource): ready} if ready is not None else None)
+    safe = isinstance(raw, dict) and _plain_policy(raw)
+    try:
+        revision = svc.commit(caller, puts=[Put("iam_policy", resource, new)],
+                              expect=[Expect("iam_policy", resource, rev if rev else None)],
+                              method=method, service=service, resource_name=resource.split("/", 3)[3],
+                              request={"resource": resource, "policy": raw if safe else dict(raw)},
+                              redacted=safe, service_data=policy_delta(current, new),
+                              parsed={("iam_policy", resource): ready} if ready is not None else None)
+    except Aborted:
+        if "etag" in mask and etag:     # the etag's revision is no longer the stored one: as checked above
+            raise _stale_etag() from None
+        raise
     out = _present(new, revision)
     return out
 

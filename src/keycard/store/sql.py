@@ -31,6 +31,7 @@ writers or wait for them (WAL); single-statement reads run in autocommit, the ot
 
 from __future__ import annotations
 
+import bisect
 import builtins
 import contextlib
 import dataclasses
@@ -197,6 +198,10 @@ def _change(row: Sequence[Any]) -> Change:
         record = Record(kind=str(kind), name=str(name), data=json.loads(data), revision=int(revision),
                         created_revision=int(created), parent=parent, deleted=bool(deleted))
     return Change(revision=int(revision), kind=str(kind), name=str(name), op=str(op), record=record)
+
+
+def _revision_of(row: ChangeRow) -> int:
+    return row[0]
 
 
 def _chunks(items: Sequence[Key], size: int = _CHUNK) -> Iterator[Sequence[Key]]:
@@ -371,7 +376,7 @@ class SqlStore:
             raise InvalidArgument("limit must be at least 1.", field="limit")
         with self._recent_lock:
             if self._recent_from <= since < self._recent_to:
-                rows = [row for row in self._recent if row[0] > since]
+                rows = self._recent[bisect.bisect_right(self._recent, since, key=_revision_of):]
                 if len(rows) < limit:
                     return [_change(row) for row in rows]
         with self._cursor() as cur:

@@ -48,7 +48,8 @@ def register(router: Router) -> None:
             lambda app, ctx, ident, kind=kind, resolve=resolve, shown=shown: iam.get_iam_policy(
                 app.services, ctx.caller, resolve(app, ident), permission=f"resourcemanager.{kind}.getIamPolicy",
                 service=SVC, version=_body_version(ctx), shown=shown(ident)),
-            f"cloudresourcemanager.{kind}.getIamPolicy", f"resourcemanager.{kind}.getIamPolicy", body=True)
+            f"cloudresourcemanager.{kind}.getIamPolicy", f"resourcemanager.{kind}.getIamPolicy", body=True,
+            inline=True)   # served from the runtime's mirror: no I/O
         add("POST", f"/v3/{kind}/{{ident}}:setIamPolicy",
             lambda app, ctx, ident, kind=kind, resolve=resolve, shown=shown: iam.set_iam_policy(
                 app.services, ctx.caller, resolve(app, ident), ctx.body,

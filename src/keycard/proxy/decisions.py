@@ -35,6 +35,7 @@ MAX_AGE = 0.9                              # the oldest a decision may be when u
 ACCESS = "iap.webServiceVersions.accessViaIAP"
 _CACHE_LIMIT = 50_000
 _BATCH = 2000
+_ENCODE_SLICE = 200
 
 
 class KeycardUnavailable(Exception):
@@ -203,10 +204,7 @@ class Decisions:
         queued, self._pending = self._pending, []
         while queued and self._client is not None:
             batch, queued = queued[:_BATCH], queued[_BATCH:]
-            body = json.dumps({"entries": [
-                {"principal": principal, "decision": decision, "callerIp": ip, "time": _rfc3339(t),
-                 "request": {"path": path, "host": host, "method": method}}
-                for principal, decision, ip, t, path, host, method in batch]}, separators=(",", ":")).encode()
+            body = await _entries_json(batch)
             try:
                 r = await self._client.post(f"/v1/{self.resource}:keycardRecordAccess", content=body, headers={
                     "Authorization": f"Bearer {self.credential.bearer()}", "Content-Type": "application/json"})
@@ -226,8 +224,25 @@ def _renewed(tasks: set[asyncio.Task[Decision]]) -> Callable[[asyncio.Task[Decis
     return done
 
 
-def _rfc3339(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+async def _entries_json(batch: list[tuple[str | None, str, str, float, str, str, str]]) -> bytes:
+    """``{"entries": [...]}`` for keycardRecordAccess, encoded a slice at a time with the event loop let
+    through in between: a whole second's records at once would hold up requests for milliseconds."""
+    parts: list[str] = []
+    seconds: dict[int, str] = {}
+    for i in range(0, len(batch), _ENCODE_SLICE):
+        if i:
+            await asyncio.sleep(0)
+        rows = []
+        for principal, decision, ip, t, path, host, method in batch[i:i + _ENCODE_SLICE]:
+            whole = int(t)
+            stamp = seconds.get(whole)
+            if stamp is None:
+                stamp = seconds[whole] = dt.datetime.fromtimestamp(whole, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            rows.append({"principal": principal, "decision": decision, "callerIp": ip,
+                         "time": f"{stamp}.{int((t - whole) * 1e6):06d}Z",
+                         "request": {"path": path, "host": host, "method": method}})
+        parts.append(json.dumps(rows, separators=(",", ":"))[1:-1])
+    return ('{"entries":[' + ",".join(parts) + "]}").encode()
 
 
 def _message(r: httpx.Response) -> str:

@@ -32,7 +32,8 @@ def proxy(
                                                        "redirects); default: from the Host header")] = None,
         tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate (PEM)")] = None,
         tls_key: Annotated[Path | None, typer.Option(help="… and this private key (PEM)")] = None,
-        decision_ttl: Annotated[float, typer.Option(help="Seconds a decision is reused (at most 1)")] = 0.5,
+        decision_ttl: Annotated[float, typer.Option(help="Seconds before a cached decision is renewed in the "
+                                                    "background (a decision is never used once 0.9 s old)")] = 0.5,
 ) -> None:
     """Identity-aware reverse proxy: only callers keycard allows reach UPSTREAM, with their signed identity."""
     import uvicorn

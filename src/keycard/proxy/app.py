@@ -54,6 +54,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("keycard.proxy")
 HEALTH = "/.keycard/healthz"
+_GC_YOUNG = 20_000
 CALLBACK = "/.keycard/callback"
 SIGN_OUT = "/.keycard/sign_out"
 _IDENTITY = (b"x-goog-authenticated-user-email", b"x-goog-authenticated-user-id", b"x-goog-iap-jwt-assertion")
@@ -84,9 +85,13 @@ class ProxyApp:
         await self.decisions.start()
         # Everything loaded so far (modules, clients, keys) lives as long as the process: keep it out of
         # the collector's full passes, which otherwise traverse it all and stall every request in flight
-        # for tens of milliseconds each time requests' short-lived objects trigger one.
+        # for tens of milliseconds each time requests' short-lived objects trigger one. Requests make no
+        # reference cycles (their objects go by reference counting); the few the HTTP client to keycard
+        # leaves are collected every 20,000 net allocations rather than 700, as each pass that finds
+        # garbage holds up the event loop for milliseconds (measured at 1,000 requests/s: p99).
         gc.collect()
         gc.freeze()
+        gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
 
     async def shutdown(self) -> None:
         await self.decisions.close()

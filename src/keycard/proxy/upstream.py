@@ -123,7 +123,8 @@ class UpstreamPool:
                 raise UpstreamError(f"the upstream broke off while receiving the body: {e}") from None
             while True:
                 try:
-                    data = await asyncio.wait_for(reader.read(_READ), self.read_timeout)
+                    async with asyncio.timeout(self.read_timeout):   # no task per read, unlike wait_for
+                        data = await reader.read(_READ)
                 except (TimeoutError, OSError) as e:
                     raise UpstreamError(f"the upstream broke off: {e}") from None
                 if not data:

@@ -204,11 +204,6 @@ def _revision_of(row: ChangeRow) -> int:
     return row[0]
 
 
-def _chunks(items: Sequence[Key], size: int = _CHUNK) -> Iterator[Sequence[Key]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 class SqlStore:
     """The Store protocol on SQLite (embedded) or PostgreSQL (scale-out). Thread-safe."""
 
@@ -220,6 +215,11 @@ class SqlStore:
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._sql = _statements(self.dialect)
         self._write_lock = threading.Lock()        # held by the leader of a group commit (and by migrate)
+        # SQLite: the one pooled connection group commits write on (under _write_lock), kept checked out. A
+        # connection's page cache is dropped whenever another connection has written since its last
+        # transaction; the store's own writes all going through this one keep its cache (the records
+        # index, the audit tail) warm instead of reading those pages back from the OS at every commit.
+        self._writer: Any = None
         self._queue: builtins.list[_Pending] = []  # commit requests waiting for the next leader
         self._queue_lock = threading.Lock()
         # Changes of this process's own commits, covering every revision in (_recent_from, _recent_to]:
@@ -267,6 +267,8 @@ class SqlStore:
     def close(self) -> None:
         if self._listener is not None:
             self._listener.close()
+        with self._write_lock:
+            self._drop_writer()
         self.engine.dispose()
 
     def __enter__(self) -> SqlStore:
@@ -447,21 +449,33 @@ class SqlStore:
         """Run ``batch`` in one transaction (under the write lock); record each request's outcome."""
         try:
             now = rfc3339(self._clock())
-            raw = self.engine.raw_connection()       # DBAPI level: no per-statement SQLAlchemy work
+            sqlite = self.dialect == "sqlite"
+            if sqlite:
+                if self._writer is None:
+                    self._writer = self.engine.raw_connection()
+                raw = self._writer
+            else:
+                raw = self.engine.raw_connection()   # DBAPI level: no per-statement SQLAlchemy work
             try:
                 cur = raw.cursor()
                 try:
-                    if self.dialect == "sqlite":
+                    if sqlite:
                         cur.execute("BEGIN IMMEDIATE")   # the database write lock, up front (see module doc)
                     first, last = self._write_group(cur, batch, now)
                     raw.commit()
                 except BaseException:
-                    raw.rollback()
+                    try:
+                        raw.rollback()
+                    except BaseException:
+                        if sqlite:                       # unusable: the next group opens another
+                            self._drop_writer()
+                        raise
                     raise
                 finally:
                     cur.close()
             finally:
-                raw.close()
+                if not sqlite:
+                    raw.close()
             self._remember(batch, first, last)
         except BaseException as exc:
             for p in batch:
@@ -471,6 +485,13 @@ class SqlStore:
         finally:
             for p in batch:
                 p.done = True
+
+    def _drop_writer(self) -> None:
+        """Close the SQLite writer connection (under _write_lock)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.invalidate()              # closed for good, not returned to the pool
 
     def _write_group(self, cur: Any, batch: Sequence[_Pending], now: str) -> tuple[int, int]:
         """The statements of a group commit; returns (head before, head after)."""
@@ -536,12 +557,18 @@ class SqlStore:
         """(revision, created_revision) of the existing records among ``keys``."""
         found: dict[Key, tuple[int, int]] = {}
         mark = "%s" if self.dialect == "postgresql" else "?"
-        for chunk in _chunks(keys):
-            values = ", ".join([f"({mark}, {mark})"] * len(chunk))
-            cur.execute("SELECT kind, name, revision, created_revision FROM records "
-                        f"WHERE (kind, name) IN (VALUES {values})", [v for key in chunk for v in key])
-            for kind, name, revision, created in cur.fetchall():
-                found[(str(kind), str(name))] = (int(revision), int(created))
+        by_kind: dict[str, builtins.list[str]] = {}
+        for kind, name in keys:
+            by_kind.setdefault(kind, []).append(name)
+        # ``kind = ? AND name IN (…)``: a search of the primary key on both databases (SQLite plans a row-value
+        # ``(kind, name) IN (VALUES …)`` of two or more keys as a scan of the whole table)
+        for kind, names in by_kind.items():
+            for start in range(0, len(names), _CHUNK):
+                chunk = names[start:start + _CHUNK]
+                cur.execute("SELECT kind, name, revision, created_revision FROM records "
+                            f"WHERE kind = {mark} AND name IN ({', '.join([mark] * len(chunk))})", [kind, *chunk])
+                for kind_, name, revision, created in cur.fetchall():
+                    found[(str(kind_), str(name))] = (int(revision), int(created))
         return found
 
     def _append_audit(self, cur: Any, rows: Sequence[tuple[int, Mapping[str, Any], str]], now: str) -> None:

@@ -2,9 +2,9 @@
 
 ``Engine.load(assets.ndjson, groups=…, roles=custom roles, deny_policies=…)`` — plus, at the
 large scale, ``catalog=`` Google's full role catalog (``../shared/data/gcp-iam/roles.json``).
-``Engine.warm()`` and, from 100k bindings, ``keycard.hugepages.collapse()`` are part of the load (both
-are what ``keycard serve`` does after start). Checks pass ``time=`` the workload's fixed request.time;
-writes are ``set_iam_policy``.
+``Engine.warm()`` and, from ``hugepages.WORTH_FROM`` (500k) bindings, ``keycard.hugepages.collapse()``
+are part of the load (both are what ``keycard serve`` does after start). Checks pass ``time=`` the
+workload's fixed request.time; writes are ``set_iam_policy``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def build(wl: Any) -> Any:
     engine = Engine.load(str(wl.assets_path), groups=wl.groups, roles=wl.roles,
                          deny_policies=wl.deny_policies, **kw)
     engine.warm()      # projects' merged indexes now, as `keycard serve` does after start (counted in load)
-    if engine.binding_count >= 100_000:
+    if engine.binding_count >= hugepages.WORTH_FROM:
         hugepages.collapse()    # the heap on huge pages, as `keycard serve` does after warm (counted in load)
     return engine
 

@@ -10,8 +10,10 @@ kernel, THP disabled, no free huge pages) it falls back to ``MADV_HUGEPAGE`` (kh
 in the background) or does nothing. It changes no data, only how the kernel maps it: safe to call
 at any time, from any thread (ctypes releases the GIL during the call).
 
-Measured on the 2-core benchmark VM at 1M bindings: check p50 −20 to −25 %, +3 s to the load.
-``KEYCARD_HUGEPAGES=0`` turns it off.
+Measured on the 2-core benchmark VM at 1M bindings: check p50 −20 to −25 %, +3 s to the load. Below
+``WORTH_FROM`` bindings it is not done: the heap is small enough, and while the kernel collapses pages
+the process's own reads of them wait (at 100k bindings it delayed ``keycard serve``'s readiness by
+~1 s and slowed its first writes). ``KEYCARD_HUGEPAGES=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import os
 import sys
 from dataclasses import dataclass
 
-__all__ = ["Collapse", "collapse"]
+__all__ = ["WORTH_FROM", "Collapse", "collapse"]
+
+WORTH_FROM = 500_000       # bindings: an engine this big gets its heap collapsed after it is built
 
 _MADV_HUGEPAGE = 14
 _MADV_COLLAPSE = 25

@@ -26,7 +26,6 @@ from keycard.store.base import Change, Record, Store
 __all__ = ["KINDS", "Runtime", "etag_for", "revision_from_etag"]
 
 log = logging.getLogger("keycard.runtime")
-_HUGEPAGES_FROM = 100_000      # bindings: below this the heap is small enough that 4 KiB pages do
 
 # kinds of records the engine mirrors
 KINDS = ("resource", "iam_policy", "role", "group", "deny_policy", "org_policy", *IDENTITY_KINDS)
@@ -137,7 +136,7 @@ class Runtime:
     def _warm(self) -> None:
         """Merged project indexes, then the heap on huge pages (see keycard.hugepages)."""
         self.engine.warm(pause=lambda: _time.sleep(0.002))
-        if self.engine.binding_count >= _HUGEPAGES_FROM:
+        if self.engine.binding_count >= hugepages.WORTH_FROM:
             done = hugepages.collapse()
             if done is not None:
                 log.info("engine heap: %s", done)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import os
 import sys
@@ -194,6 +195,11 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
     # Google's discovery clients (httplib2) reuse idle connections without retrying: keep them open.
     # httptools + uvloop: the C HTTP parser and event loop (about 2x fewer µs per request than h11/asyncio).
     grpc_server = _start_grpc(services, application, host, port, grpc_port, grpc_insecure) if grpc_port else None
+    # What start-up loaded (the engine, every record, modules) lives as long as the process: out of the cyclic
+    # collector's full passes, which would otherwise traverse it all and stall every request in flight; the few
+    # cycles requests leave are collected every 20,000 net allocations rather than 700 (as keycard proxy does).
+    gc.freeze()
+    gc.set_threshold(20_000, *gc.get_threshold()[1:])
     try:
         uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False,
                     timeout_keep_alive=650, http="httptools", loop="uvloop")

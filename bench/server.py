@@ -321,12 +321,13 @@ def _get(port: int, path: str, timeout: float = 1.0) -> int:
 
 
 class Server:
-    def __init__(self, url: str, log: Path) -> None:
+    def __init__(self, url: str, log: Path, workers: int = 1) -> None:
         self.port = free_port()
         self.log = log
         fh = log.open("ab")
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen([*KEYCARD, "serve", "--port", str(self.port), "--database", url], cwd=REPO,
+        self.proc = subprocess.Popen([*KEYCARD, "serve", "--port", str(self.port), "--database", url,
+                                      "--workers", str(workers)], cwd=REPO,
                                      stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         fh.close()
         deadline = t0 + 120
@@ -342,15 +343,30 @@ class Server:
             time.sleep(0.01)
         self.cold_s = time.perf_counter() - t0
 
+    def pids(self) -> list[int]:
+        """The server's process and its worker processes (keycard serve --workers)."""
+        out = [self.proc.pid]
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*/children"):
+            out.extend(int(x) for x in task.read_text().split())
+        return out
+
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """Resident memory of the server's processes (the workers' shared pages counted once each: PSS)."""
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) / 1024
+        return total or float("nan")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -400,7 +416,7 @@ def bench_backend(name: str, url: str, args: argparse.Namespace, workdir: Path) 
     res["load_cold"] = load_avg()
     only_set = args.only == "setiampolicy"
     for i in range(1 if only_set else 3):
-        server = Server(url, workdir / f"{name}-serve.log")
+        server = Server(url, workdir / f"{name}-serve.log", args.workers)
         colds.append(server.cold_s)
         print(f"[{name}] cold start {i + 1}: {server.cold_s:.2f} s", flush=True)
         if i < (0 if only_set else 2):
@@ -737,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=None, help="seconds per load window (default 15, quick 3)")
     ap.add_argument("--concurrency", default="16,64")
     ap.add_argument("--writers", default="1,8", help="numbers of concurrent setIamPolicy writers to try")
+    ap.add_argument("--workers", type=int, default=2, help="keycard serve --workers (default 2: this machine's cores)")
     ap.add_argument("--folders", type=int, default=200)
     ap.add_argument("--projects", type=int, default=2000)
     ap.add_argument("--per-project", type=int, default=48)

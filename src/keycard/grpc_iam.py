@@ -295,12 +295,13 @@ class _Handler:
             failure: tuple[Any, str] | None = None
             try:
                 metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-                wanted = metadata.get("x-keycard-revision")
+                token = metadata.get("x-keycard-revision")
+                if token and not token.isdigit():
+                    raise InvalidArgument("Invalid x-keycard-revision metadata: expected the integer revision "
+                                          "a write returned.", field="x-keycard-revision")
+                wanted = svc.runtime.wanted(int(token) if token else 0)   # or another worker's newest commit
                 if wanted:
-                    if not wanted.isdigit():
-                        raise InvalidArgument("Invalid x-keycard-revision metadata: expected the integer revision "
-                                              "a write returned.", field="x-keycard-revision")
-                    svc.runtime.ensure(int(wanted))
+                    svc.runtime.ensure(wanted)
                 at = _authenticate(self.api.authn, metadata)
                 caller.principal, caller.claims, caller.extra_members = at.principal, at.claims, at.extra_members
                 try:

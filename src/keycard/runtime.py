@@ -22,6 +22,7 @@ from keycard.engine.engine import Engine
 from keycard.errors import InvalidArgument, KeycardError, Unavailable
 from keycard.identity.registry import IDENTITY_KINDS, Registry
 from keycard.store.base import Change, Record, Store
+from keycard.workers import SharedRevisions
 
 __all__ = ["KINDS", "Runtime", "etag_for", "revision_from_etag"]
 
@@ -71,6 +72,15 @@ class Runtime:
         self._records: dict[str, Record] = {}
         # every iam_policy record as of ``applied`` (getIamPolicy and setIamPolicy's read: see iam_policy())
         self._policies: dict[str, Record] = {}
+        # keycard serve --workers: the revisions the server's workers have committed (see keycard.workers)
+        self.peers: SharedRevisions | None = None
+
+    def wanted(self, token: int = 0) -> int:
+        """The revision to reach before answering a request: the client's consistency token, or the newest
+        revision another worker of this server has committed; 0 when this replica is there already."""
+        if self.peers is not None:
+            token = max(token, self.peers.latest())
+        return token if token > self.applied else 0
 
     # -------------------------------------------------------------------------------- loading
     def bootstrap(self) -> None:

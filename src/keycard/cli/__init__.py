@@ -163,7 +163,9 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
                                                       "credentials on 127.0.0.1")] = False,
           enable_training: Annotated[bool, typer.Option(help="Run ml training jobs (their code runs as this "
                                                         "server's OS user: only where that is acceptable)")]
-          = False) -> None:
+          = False,
+          workers: Annotated[int, typer.Option(help="Server processes sharing the port and the database, one core "
+                                               "each (see docs/server.md)")] = 1) -> None:
     """Run the keycard server (Google's REST APIs at Google's paths)."""
     import uvicorn
 
@@ -171,6 +173,10 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
     from keycard.server import open_services
     if enforcement not in ("enforce", "dry-run"):
         raise KeycardError(f"Invalid --enforcement {enforcement!r}: use enforce or dry-run.")
+    if not 1 <= workers <= 64:
+        raise KeycardError(f"Invalid --workers {workers}: between 1 and 64 (about one per core).")
+    if workers > 1 and not hasattr(os, "fork"):
+        raise KeycardError("--workers above 1 needs os.fork (Linux or macOS); run one process per port instead.")
     url = _database(database, data_dir)
     services, keys, _store = open_services(url, enforcement=enforcement)
     if services.organization is None:
@@ -180,12 +186,25 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
         err.print(f"[yellow]WARNING:[/] enforcement is {enforcement}: every request is allowed; would-be denials "
                   "are recorded in the audit log and the X-Keycard-Would-Deny header.", highlight=False)
     services.training_enabled = enable_training
-    services.runtime.start_following()
-    application = create_app(services, keys, base_url=f"http://{host}:{port}")
     from keycard.ml.jobs import start_job_runner  # resumes (or ends) ml jobs a stopped server left running
-    start_job_runner(services, keys, base_url=f"http://{host}:{port}")
+    base_url = f"http://{host}:{port}"
+    if workers > 1:
+        from keycard import workers as forked
+        try:
+            sock = forked.bind(host, port)
+        except OSError as e:
+            raise KeycardError(f"Cannot listen on {host}:{port}: {e.strerror or e}. Is another server there? "
+                               "Pick another --port.") from None
+        peers = forked.SharedRevisions(workers)
+        services.runtime.peers = peers
+        _store.on_commit = peers.publish
+    else:
+        services.runtime.start_following()
+        application = create_app(services, keys, base_url=base_url)
+        start_job_runner(services, keys, base_url=base_url)
     err.print(f"keycard serving {services.organization.split('/', 3)[3]} on http://{host}:{port} "
-              f"({url.split('://')[0]}, revision {services.runtime.applied})", highlight=False)
+              f"({url.split('://')[0]}, revision {services.runtime.applied}"
+              + (f", {workers} worker processes" if workers > 1 else "") + ")", highlight=False)
     db_opt = f" --database '{database}'" if database else ("" if data_dir == Path(".keycard") else
                                                           f" --data-dir '{data_dir}'")
     kc = "keycard" if (Path(sys.argv[0]).name == "keycard" and "/" not in sys.argv[0]) else sys.argv[0]
@@ -194,6 +213,26 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
               f"http://{host}:{port}/v3/organizations:search", highlight=False)
     # Google's discovery clients (httplib2) reuse idle connections without retrying: keep them open.
     # httptools + uvloop: the C HTTP parser and event loop (about 2x fewer µs per request than h11/asyncio).
+    options: dict[str, Any] = {"log_level": log_level, "access_log": False, "timeout_keep_alive": 650,
+                               "http": "httptools", "loop": "uvloop"}
+    if workers > 1:
+        def worker(index: int) -> None:
+            """One forked worker: its own connections and threads, then the shared socket."""
+            _store.after_fork()
+            peers.after_fork(index)
+            services.runtime.start_following()
+            app_ = create_app(services, keys, base_url=base_url)
+            start_job_runner(services, keys, base_url=base_url)
+            grpc_ = _start_grpc(services, app_, host, port, grpc_port, grpc_insecure) if grpc_port and not index \
+                else None
+            gc.freeze()
+            gc.set_threshold(20_000, *gc.get_threshold()[1:])
+            try:
+                uvicorn.Server(uvicorn.Config(app_, **options)).run(sockets=[forked.listener(sock)])
+            finally:
+                if grpc_ is not None:
+                    grpc_.stop(2).wait()
+        raise typer.Exit(forked.run_workers(workers, worker))
     grpc_server = _start_grpc(services, application, host, port, grpc_port, grpc_insecure) if grpc_port else None
     # What start-up loaded (the engine, every record, modules) lives as long as the process: out of the cyclic
     # collector's full passes, which would otherwise traverse it all and stall every request in flight; the few
@@ -201,8 +240,7 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
     gc.freeze()
     gc.set_threshold(20_000, *gc.get_threshold()[1:])
     try:
-        uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False,
-                    timeout_keep_alive=650, http="httptools", loop="uvloop")
+        uvicorn.run(application, host=host, port=port, **options)
     finally:
         if grpc_server is not None:
             grpc_server.stop(2).wait()

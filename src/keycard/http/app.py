@@ -104,12 +104,16 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
                 raise NotFound(f"No API method at {request.method} {path}.", reason="METHOD_NOT_FOUND")
             domain = route.operation_id.split(".")[0] + ".googleapis.com"
             token = request.headers.get("x-keycard-revision")
+            wanted = 0
             if token:
                 try:
                     wanted = int(token)
                 except ValueError:
                     raise InvalidArgument("Invalid X-Keycard-Revision header: expected the integer revision a write "
                                           "returned.", field="X-Keycard-Revision") from None
+            # the client's token, or (keycard serve --workers) what another worker of this server committed
+            wanted = services.runtime.wanted(wanted)
+            if wanted:
                 await run_in_threadpool(services.runtime.ensure, wanted)
             if not route.public:
                 at = _authenticate(app_state, request)

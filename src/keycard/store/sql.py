@@ -23,10 +23,12 @@ survives the process being killed (``kill -9``: the WAL is in the OS page cache)
 transactions can be lost on power failure or an OS crash, because the WAL is only synced at
 checkpoints. keycard acknowledges writes that carry etags and audit records, so an acknowledged write
 must survive power loss: FULL costs one fsync per transaction and buys exactly that; no commit returns
-before the transaction that carries it is synced. ``busy_timeout`` is 10 s so writers of other
-processes queue behind each other instead of failing with "database is locked". Reads never block
-writers or wait for them (WAL); single-statement reads run in autocommit, the others in a deferred
-``BEGIN``.
+before the transaction that carries it is synced. Writers of other processes (``keycard serve
+--workers``, a second server, the CLI) queue on an ``flock`` of ``<database>-writer.lock``, taken before
+``BEGIN IMMEDIATE`` and released after COMMIT: the kernel wakes the next writer as soon as the lock is
+free, where SQLite's busy handler would sleep 1, 2, 5, 10 … ms between retries. ``busy_timeout`` (10 s)
+still covers writers that do not take that lock. Reads never block writers or wait for them (WAL);
+single-statement reads run in autocommit, the others in a deferred ``BEGIN``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -45,6 +48,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:     # Windows: no flock; SQLite's busy handler alone queues other processes' writers
+    fcntl = None  # type: ignore[assignment]
 
 from sqlalchemy import Connection, Engine, create_engine, event, select, text, tuple_
 from sqlalchemy.engine import make_url
@@ -229,8 +237,14 @@ class SqlStore:
         self._recent_lock = threading.Lock()
         self._listener: PgListener | None = None
         if self.dialect == "postgresql":
-            conninfo = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._listener = PgListener(conninfo, CHANNEL)
+            self._conninfo = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._listener = PgListener(self._conninfo, CHANNEL)
+        # SQLite: writers of every process queue on this (see the module doc)
+        self._process_lock: contextlib.AbstractContextManager[object] = (
+            _FileLock(f"{make_url(self.engine.url).database}-writer.lock") if self.dialect == "sqlite"
+            else contextlib.nullcontext())
+        # called with the last revision of each commit that wrote (keycard serve --workers publishes it)
+        self.on_commit: Callable[[int], None] | None = None
 
     def __repr__(self) -> str:
         return f"SqlStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -264,6 +278,17 @@ class SqlStore:
             rows = cur.fetchall()
         return str(rows[0][0]) if len(rows) == 1 else None
 
+    def after_fork(self) -> None:
+        """In a forked child, before any use: connections, locks and threads of its own (the parent's
+        stay the parent's; a database connection must never be used by two processes)."""
+        self.engine.dispose(close=False)
+        self._writer = None
+        self._write_lock = threading.Lock()
+        self._queue, self._queue_lock = [], threading.Lock()
+        self._recent_lock = threading.Lock()
+        if self._listener is not None:
+            self._listener = PgListener(self._conninfo, CHANNEL)
+
     def close(self) -> None:
         if self._listener is not None:
             self._listener.close()
@@ -282,8 +307,9 @@ class SqlStore:
         # SQLite: writers of this process queue on a lock instead of spinning in sqlite's busy handler,
         # whose growing sleeps gave seconds-long tails under contention; other processes still queue on
         # BEGIN IMMEDIATE with the busy timeout.
-        lock = self._write_lock if write and self.dialect == "sqlite" else contextlib.nullcontext()
-        with lock, self.engine.connect() as conn:
+        sqlite = write and self.dialect == "sqlite"
+        lock = self._write_lock if sqlite else contextlib.nullcontext()
+        with lock, self._process_lock if sqlite else contextlib.nullcontext(), self.engine.connect() as conn:
             if write:
                 conn.execution_options(**{_WRITE: True})
             with conn.begin():
@@ -440,7 +466,8 @@ class SqlStore:
             if not pending.done:                     # nobody took it: lead a group with whatever is queued
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
-                self._commit_group(batch)
+                with self._process_lock:
+                    self._commit_group(batch)
         if pending.error is not None:
             raise pending.error
         return pending.revision
@@ -477,6 +504,8 @@ class SqlStore:
                 if not sqlite:
                     raw.close()
             self._remember(batch, first, last)
+            if last != first and self.on_commit is not None:
+                self.on_commit(last)
         except BaseException as exc:
             for p in batch:
                 p.error, p.revision = exc, 0
@@ -637,6 +666,32 @@ class SqlStore:
     def prune_access(self, before_minute: int) -> int:
         with self._transaction(write=True) as conn:
             return access_log.prune(conn, before_minute)
+
+
+class _FileLock:
+    """An exclusive ``flock`` of one file, for writers of different processes. Each process opens the
+    file itself (a forked child re-opens it: a lock belongs to an open file description, which fork
+    shares). Where the file cannot be created (a read-only directory), nothing is locked."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid = -1
+
+    def __enter__(self) -> object:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                self._fd = None
+        if self._fd is not None and fcntl is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._fd is not None and fcntl is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 def newest_migration() -> str:

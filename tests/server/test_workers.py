@@ -1,0 +1,268 @@
+"""`keycard serve --workers N`: N forked processes on one port and one database behave as one server.
+
+Every request here opens a new connection, so the kernel hands it to any worker: a write is seen by the
+very next request whichever worker answers it (no stale etag, no 409 for a read-modify-write done right),
+concurrent writers through different workers lose nothing, and the audit chain stays whole. The process
+tree starts and stops as one: SIGTERM stops every worker; a worker that dies takes the server down (for a
+supervisor to restart); a killed parent takes its workers with it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import KEYCARD, Server, start_server, stop_server
+from pg import PgUnavailable, cluster_url, create_database, drop_database
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="--workers needs os.fork")
+
+WORKERS = 2
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        out.extend(int(x) for x in task.read_text().split())
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def _wait_gone(pids: list[int], timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(_alive(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _workers_up(server: Server) -> list[int]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        kids = _children(server.process.pid)
+        if len(kids) == WORKERS:
+            return kids
+        time.sleep(0.05)
+    raise AssertionError(f"expected {WORKERS} workers: {server.log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    d = tmp_path_factory.mktemp("workers")
+    admin = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{d / 'keycard.db'}"
+    else:
+        try:
+            admin = cluster_url()
+        except PgUnavailable as e:
+            pytest.skip(f"PostgreSQL unavailable: {e}")
+        url = create_database(admin)
+    srv = start_server(url, d / "server.log", extra_args=["--workers", str(WORKERS)])
+    _workers_up(srv)
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+        if admin is not None:
+            drop_database(admin, url)
+
+
+def _fresh(server: Server) -> httpx.Client:
+    """A client whose every request opens a new connection (so any worker may answer it)."""
+    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.token()}"}, timeout=30,
+                        limits=httpx.Limits(max_keepalive_connections=0))
+
+
+def _project(server: Server, project: str) -> None:
+    with _fresh(server) as c:
+        r = c.post("/v3/projects", json={"projectId": project, "parent": server.organization})
+        assert r.status_code == 200, r.text
+
+
+def test_every_write_is_seen_by_the_next_request_whichever_worker_answers(server: Server) -> None:
+    project = "workers-ryw"
+    _project(server, project)
+    path = f"/v3/projects/{project}"
+    with _fresh(server) as c:
+        for i in range(30):
+            got = c.post(f"{path}:getIamPolicy", json={"options": {"requestedPolicyVersion": 3}})
+            assert got.status_code == 200, got.text
+            policy = got.json()
+            policy.setdefault("bindings", []).append({"role": "roles/viewer", "members": [f"user:r{i}@example.com"]})
+            put = c.post(f"{path}:setIamPolicy", json={"policy": policy})
+            assert put.status_code == 200, f"round {i}: {put.text}"   # a stale read would be 409 ABORTED here
+            again = c.post(f"{path}:getIamPolicy", json={"options": {"requestedPolicyVersion": 3}})
+            assert again.json()["etag"] == put.json()["etag"], f"round {i}: a worker answered with an older policy"
+            # the grant is honoured at once, by whichever worker answers
+            user = httpx.Client(base_url=server.url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0),
+                                headers={"Authorization": f"Bearer {server.token(f'r{i}@example.com')}"})
+            with user:
+                tip = user.post(f"{path}:testIamPermissions",
+                                json={"permissions": ["resourcemanager.projects.get"]})
+            assert tip.json().get("permissions") == ["resourcemanager.projects.get"], f"round {i}: {tip.text}"
+
+
+def test_concurrent_writers_through_different_workers_lose_nothing(server: Server) -> None:
+    writers, rounds = 4, 12
+    projects = [f"workers-w{i}" for i in range(writers)]
+    for p in projects:
+        _project(server, p)
+    errors: list[str] = []
+    aborted = [0]
+
+    def write(project: str) -> None:
+        path = f"/v3/projects/{project}"
+        with _fresh(server) as c:
+            for i in range(rounds):
+                for _attempt in range(20):
+                    policy = c.post(f"{path}:getIamPolicy", json={}).json()
+                    policy.setdefault("bindings", []).append(
+                        {"role": "roles/viewer", "members": [f"user:{project}-{i}@example.com"]})
+                    r = c.post(f"{path}:setIamPolicy", json={"policy": policy})
+                    if r.status_code == 200:
+                        break
+                    if r.status_code != 409:
+                        errors.append(r.text)
+                        return
+                    aborted[0] += 1
+                else:
+                    errors.append(f"{project} round {i}: still 409 after 20 attempts")
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in projects]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    # each writer owns its project: a worker that answered from an older policy would have caused 409s
+    assert aborted[0] == 0
+    with _fresh(server) as c:
+        for p in projects:
+            members = {m for b in c.post(f"/v3/projects/{p}:getIamPolicy", json={}).json().get("bindings", [])
+                       if b["role"] == "roles/viewer" for m in b["members"]}
+            assert {f"user:{p}-{i}@example.com" for i in range(rounds)} <= members
+    verify = subprocess.run([*KEYCARD, "logs", "verify", "--database", server.database], capture_output=True,
+                            text=True, timeout=120)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def _own_server(tmp_path: Path) -> tuple[Server, list[int]]:
+    srv = start_server(f"sqlite:///{tmp_path / 'keycard.db'}", tmp_path / "server.log",
+                       extra_args=["--workers", str(WORKERS)])
+    return srv, _workers_up(srv)
+
+
+def test_sigterm_stops_every_worker(tmp_path: Path) -> None:
+    srv, kids = _own_server(tmp_path)
+    try:
+        srv.process.send_signal(signal.SIGTERM)
+        assert srv.process.wait(timeout=15) == 0
+        assert _wait_gone(kids), "a worker outlived the server"
+    finally:
+        stop_server(srv)
+
+
+def test_a_dead_worker_takes_the_server_down(tmp_path: Path) -> None:
+    srv, kids = _own_server(tmp_path)
+    try:
+        os.kill(kids[0], signal.SIGKILL)
+        assert srv.process.wait(timeout=15) == 1
+        assert _wait_gone(kids), "the other worker kept serving"
+        assert "exited" in srv.log.read_text()
+    finally:
+        stop_server(srv)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers follow a killed parent on Linux (PR_SET_PDEATHSIG)")
+def test_a_killed_parent_takes_its_workers(tmp_path: Path) -> None:
+    srv, kids = _own_server(tmp_path)
+    try:
+        srv.process.kill()
+        srv.process.wait(timeout=10)
+        assert _wait_gone(kids), "orphaned workers kept the port"
+    finally:
+        for k in kids:
+            if _alive(k):
+                os.kill(k, signal.SIGKILL)
+
+
+def test_bad_worker_counts_and_a_taken_port_are_refused(tmp_path: Path, server: Server) -> None:
+    db = server.database
+    for bad in ("0", "65"):
+        r = subprocess.run([*KEYCARD, "serve", "--database", db, "--workers", bad], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode != 0
+        assert "Invalid --workers" in r.stderr and "Traceback" not in r.stderr
+    port = server.url.rsplit(":", 1)[1]
+    r = subprocess.run([*KEYCARD, "serve", "--database", db, "--port", port, "--workers", "2"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and f"Cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
+
+
+def _server_pid_of(client_port: int, candidates: list[int]) -> int | None:
+    """The process holding the server end of our connection from ``client_port`` (Linux /proc)."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if int(f[2].rsplit(":", 1)[1], 16) == client_port:    # remote end = our client socket
+                inode = f[9]
+    if inode is None:
+        return None
+    for pid in candidates:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; SO_REUSEPORT spreading is Linux's")
+def test_connections_are_spread_over_the_workers(tmp_path: Path) -> None:
+    srv, kids = _own_server(tmp_path)
+    port = int(srv.url.rsplit(":", 1)[1])
+    socks = []
+    try:
+        owners: dict[int, int] = {}
+        for _ in range(24):      # all on one worker: 2 × 0.5^24
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            socks.append(s)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b" 200 " in s.recv(4096)
+            owner = _server_pid_of(s.getsockname()[1], kids)
+            assert owner is not None
+            owners[owner] = owners.get(owner, 0) + 1
+        assert set(owners) == set(kids), owners
+        # a second keycard server on the same port is refused, although the workers use SO_REUSEPORT
+        r = subprocess.run([*KEYCARD, "serve", "--database", srv.database, "--port", str(port), "--workers", "2"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and f"Cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
+        one = subprocess.run([*KEYCARD, "serve", "--database", srv.database, "--port", str(port)],
+                             capture_output=True, text=True, timeout=60)
+        assert one.returncode != 0
+    finally:
+        for s in socks:
+            s.close()
+        stop_server(srv)

@@ -464,9 +464,10 @@ class SqlStore:
             self._queue.append(pending)
         with self._write_lock:
             if not pending.done:                     # nobody took it: lead a group with whatever is queued
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
+                # (SQLite: once other processes' writers are done, so the group takes in who came meanwhile)
                 with self._process_lock:
+                    with self._queue_lock:
+                        batch, self._queue = self._queue, []
                     self._commit_group(batch)
         if pending.error is not None:
             raise pending.error

@@ -138,7 +138,6 @@ def run_workers(workers: int, worker: Callable[[int], None]) -> int:
     so that the workers' collections do not touch, and so copy, the pages they share)."""
     if not hasattr(os, "fork"):
         raise OSError("--workers needs os.fork (Linux or macOS)")
-    gc.collect()
     gc.freeze()
     children: dict[int, int] = {}                  # pid → worker index
     stopping = False

@@ -52,7 +52,7 @@ test: lint typecheck browser
 # Both write docs/benchmarks.md (the server section between its markers). ~45 minutes on 2 cores.
 bench: install
 	$(VENV)/bin/python bench/run.py --scales small,medium,large --out docs/benchmarks.md
-	$(VENV)/bin/python bench/server.py --backends sqlite,postgresql --out docs/benchmarks.md
+	$(VENV)/bin/python bench/server.py --backends sqlite,postgresql --workers 2 --out docs/benchmarks.md
 	$(VENV)/bin/python bench/identity.py --out docs/benchmarks.md
 	$(VENV)/bin/python bench/ml.py --out docs/benchmarks.md
 	$(VENV)/bin/python bench/proxy.py --out docs/benchmarks.md
@@ -61,7 +61,7 @@ bench: install
 	$(VENV)/bin/python bench/cli.py --out docs/benchmarks.md
 
 bench-server: install
-	$(VENV)/bin/python bench/server.py --backends sqlite,postgresql --out docs/benchmarks.md
+	$(VENV)/bin/python bench/server.py --backends sqlite,postgresql --workers 2 --out docs/benchmarks.md
 
 bench-identity: install
 	$(VENV)/bin/python bench/identity.py --out docs/benchmarks.md

@@ -7,15 +7,15 @@
 (plus the in-process commit floor); it prints its figures and writes nothing to --out.
 
 Per backend: build a database (``keycard init``, then folders, projects, groups and ~100k bindings written
-straight into the store with ``SqlStore.commit`` in batches; timed, not a target); cold start of
-``python -m keycard.cli serve`` to the first 200 on ``/readyz`` (median of 3); testIamPermissions
-throughput and latency at several concurrencies; setIamPolicy read-modify-write writers, each on its own
-project. The load generator (bench/server_load.py) is another process on 127.0.0.1. The server runs as
-the CLI runs it (uvicorn, one worker). PostgreSQL is a throwaway cluster with PostgreSQL's default
-durability (fsync and synchronous_commit on), like SQLite's synchronous=FULL; ``--pg-url`` uses a
-running server instead. A short cProfile of the server under testIamPermissions load (SQLite) says
-where the time goes. The Markdown section between the server-bench markers of --out is replaced (or
-appended); the rest of that file is left alone.
+straight into the store with ``SqlStore.commit`` in batches; timed, not a target); cold start of ``python -m
+keycard.cli serve`` to the first 200 on ``/readyz`` (median of 3); testIamPermissions throughput and latency
+at several concurrencies; setIamPolicy read-modify-write writers, each on its own project. The load generator
+(bench/server_load.py) is another process on 127.0.0.1. The server runs as the CLI runs it, with ``--workers``
+(default 2, this machine's cores: see docs/server.md). PostgreSQL is a throwaway cluster with PostgreSQL's
+default durability (fsync and synchronous_commit on), like SQLite's synchronous=FULL; ``--pg-url`` uses a
+running server instead. A short cProfile of the server under testIamPermissions load (SQLite) says where the
+time goes. The Markdown section between the server-bench markers of --out is replaced (or appended); the rest
+of that file is left alone.
 """
 
 from __future__ import annotations
@@ -611,9 +611,13 @@ def render(results: dict[str, Any], cmd: str) -> str:
              f"- load average (1/5/15 min) at start: {'/'.join(f'{x:.2f}' for x in results['load_start'])}; at end: "
              f"{'/'.join(f'{x:.2f}' for x in results['load_end'])} (shared machine: other test runs were going on; "
              "each row gives the 1-minute load after it)",
-             f"- server: `python -m keycard.cli serve --database URL --port P` as shipped: uvicorn {v['uvicorn']} "
-             f"(one worker, asyncio loop, h11 {v['h11']}; httptools {v['httptools']}, uvloop {v['uvloop']}), "
-             f"starlette {v['starlette']}, SQLAlchemy {v['sqlalchemy']}, psycopg {v['psycopg']}. Not pinned.",
+             f"- server: `python -m keycard.cli serve --database URL --port P --workers {results['workers']}` as "
+             f"shipped ({results['workers']} worker process{'es' if results['workers'] > 1 else ''} on one port, "
+             "each on one core at most: docs/server.md): "
+             f"uvicorn {v['uvicorn']} with httptools {v['httptools']} and uvloop {v['uvloop']}, "
+             f"starlette {v['starlette']}, SQLAlchemy {v['sqlalchemy']}, psycopg {v['psycopg']}. Not pinned; "
+             "server CPU is summed over the worker processes (100 % = one core), memory is their total PSS "
+             "(pages the workers share counted once).",
              "- load generator: `bench/server_load.py`, a separate process: asyncio with raw HTTP/1.1 on keep-alive "
              "connections to 127.0.0.1, closed loop (each connection sends its next request when the previous answer "
              f"is in), {results['warmup']:g} s warm-up then a {results['duration']:g} s window; latency = send to "
@@ -642,7 +646,7 @@ def render(results: dict[str, Any], cmd: str) -> str:
                   f"projects, {c['groups']} groups; **{c['bindings']:,} bindings** ({c['conditional']:,} with IAM "
                   f"Conditions, {c['members']:,} members: users, groups, service accounts, domain){size}; built "
                   f"in {b['build']['build_s']:.1f} s (`keycard init` + `SqlStore.commit` in batches of 500; not a "
-                  f"target). Server RSS after start {b['rss_after_start_mib']:.0f} MiB.", "",
+                  f"target). Server memory after start {b['rss_after_start_mib']:.0f} MiB (PSS, all processes).", "",
                   "| figure | measured | target | result |", "|---|---|---|---|"]
         cold = statistics.median(b["cold_s"])
         lines.append(f"| cold start to first 200 on /readyz (median of 3) | {cold:.2f} s "
@@ -659,10 +663,13 @@ def render(results: dict[str, Any], cmd: str) -> str:
                          f"{r['errors']} (server CPU {r['server_cpu_pct']:.0f} % of a core, client "
                          f"{r['client_cpu_pct']:.0f} %; load {r['load_after'][0]:.2f}) | ≥ {TIP_TARGET_RPS:,}/s "
                          f"with p99 ≤ {TIP_TARGET_P99_MS:g} ms | {_verdict(ok)} |")
-        best = max(b["tip"].values(), key=lambda r: r["per_s"])
-        lines.append(f"| testIamPermissions, best of the concurrencies | {best['per_s']:,.0f}/s "
-                     f"({best['per_s'] / TIP_TARGET_RPS:.2f}× the target) | ≥ {TIP_TARGET_RPS:,}/s with p99 ≤ "
-                     f"{TIP_TARGET_P99_MS:g} ms at some concurrency | {_verdict(any_ok)} |")
+        # the best concurrency that meets the latency bound (the fastest one only when none does)
+        within = [(c, r) for c, r in b["tip"].items() if r["p99_ms"] <= TIP_TARGET_P99_MS]
+        conc, best = max(within or b["tip"].items(), key=lambda cr: cr[1]["per_s"])
+        lines.append(f"| testIamPermissions, best of the concurrencies | {best['per_s']:,.0f}/s at {conc} "
+                     f"connections, p99 {_ms(best['p99_ms'])} ({best['per_s'] / TIP_TARGET_RPS:.2f}× the target) | "
+                     f"≥ {TIP_TARGET_RPS:,}/s with p99 ≤ {TIP_TARGET_P99_MS:g} ms at some concurrency | "
+                     f"{_verdict(any_ok)} |")
         conflicts = five = other = errors = 0
         for n, s in b["set"].items():
             conflicts += s["codes"].get("409", 0)
@@ -778,6 +785,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": machine(), "versions": _versions(), "load_start": load_avg(),
                                "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
                                "duration": args.duration, "warmup": args.warmup, "writers": args.writers,
+                               "workers": args.workers,
                                "backends": [], "profile_s": 3.0 if args.quick else 6.0}
     print(f"machine: {results['machine']}; load {results['load_start']}; workdir {workdir}", flush=True)
     pg: _Postgres | None = None

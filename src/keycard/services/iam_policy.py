@@ -30,7 +30,7 @@ from keycard.engine.model import AllowPolicy, parse_allow_policy
 from keycard.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from keycard.runtime import etag_for, revision_from_etag
 from keycard.services.common import Caller, Services
-from keycard.store.base import Expect, Put
+from keycard.store.base import ABORTED_MESSAGE, Expect, Put
 
 __all__ = ["get_iam_policy", "modify_binding", "policy_delta", "set_iam_policy", "test_iam_permissions"]
 
@@ -105,8 +105,7 @@ def get_iam_policy(svc: Services, caller: Caller, resource: str, *, permission: 
 
 
 def _stale_etag() -> Aborted:
-    return Aborted("There were concurrent policy changes. Please retry the whole read-modify-write with "
-                   "exponential backoff.", reason="ETAG_MISMATCH")
+    return Aborted(ABORTED_MESSAGE, reason="ETAG_MISMATCH")
 
 
 # The fields of a google.iam.v1.Policy and its bindings that a policy without auditConfigs may hold: none is a

@@ -50,7 +50,7 @@ from keycard.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidAr
 from keycard.runtime import etag_for, revision_from_etag
 from keycard.services.common import Caller, Services, parse_page_size, rfc3339
 from keycard.services.resourcemanager import resolve_project, shown_project
-from keycard.store.base import Expect, Put, Record
+from keycard.store.base import ABORTED_MESSAGE, Expect, Put, Record
 from keycard.store.codec import decode_page_token, encode_page_token
 
 __all__ = [
@@ -346,8 +346,7 @@ def _check_etag(etag: object, rec: Record, fld: str) -> None:
     if not isinstance(etag, str):
         raise InvalidArgument(f"Invalid {fld}: expected the etag string the role was read with.", field=fld)
     if revision_from_etag(etag, fld) != rec.revision:
-        raise Aborted("There were concurrent policy changes. Please retry the whole read-modify-write with "
-                  "exponential backoff.", reason="ETAG_MISMATCH")
+        raise Aborted(ABORTED_MESSAGE, reason="ETAG_MISMATCH")
 
 
 # ---------------------------------------------------------------------------------- predefined

@@ -24,7 +24,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["AccessRecord", "AuditEntry", "Change", "Delete", "Expect", "Page", "Put", "Record", "Store"]
+__all__ = ["ABORTED_MESSAGE", "AccessRecord", "AuditEntry", "Change", "Delete", "Expect", "Page", "Put", "Record",
+           "Store"]
+
+# Google's message for a write whose etag (precondition) is stale: one text for every store and API
+ABORTED_MESSAGE = ("There were concurrent policy changes. "
+                   "Please retry the whole read-modify-write with exponential backoff.")
 
 
 @dataclass(frozen=True, slots=True)

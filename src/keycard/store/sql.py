@@ -59,7 +59,7 @@ from sqlalchemy.engine import make_url
 
 from keycard.errors import Aborted, InvalidArgument
 from keycard.store import access_log, audit_log
-from keycard.store.base import AccessRecord, AuditEntry, Change, Delete, Expect, Page, Put, Record
+from keycard.store.base import ABORTED_MESSAGE, AccessRecord, AuditEntry, Change, Delete, Expect, Page, Put, Record
 from keycard.store.codec import (
     GENESIS_HASH,
     chain_hash,
@@ -76,8 +76,6 @@ from keycard.store.schema import audit as audit_table
 
 __all__ = ["ABORTED_MESSAGE", "SqlStore", "open_store"]
 
-ABORTED_MESSAGE = ("There were concurrent policy changes. "
-                   "Please retry the whole read-modify-write with exponential backoff.")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATE_LOCK = int.from_bytes(b"keycard", "big")   # pg_advisory_xact_lock key
 _BATCH = 1000

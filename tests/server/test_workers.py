@@ -19,8 +19,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import google.oauth2.credentials
 import httpx
 import pytest
+from google.api_core.client_options import ClientOptions
+from google.cloud import resourcemanager_v3
+from google.iam.v1 import iam_policy_pb2, policy_pb2
+from googleapiclient.discovery import build
 
 from conftest import KEYCARD, Server, start_server, stop_server
 from pg import PgUnavailable, cluster_url, create_database, drop_database
@@ -120,6 +125,34 @@ def test_every_write_is_seen_by_the_next_request_whichever_worker_answers(server
                 tip = user.post(f"{path}:testIamPermissions",
                                 json={"permissions": ["resourcemanager.projects.get"]})
             assert tip.json().get("permissions") == ["resourcemanager.projects.get"], f"round {i}: {tip.text}"
+
+
+def test_google_clients_see_each_others_writes_through_any_worker(server: Server) -> None:
+    """The admin's discovery client grants a user; at once that user's GAPIC REST client (its own
+    connection, on whichever worker) is allowed, and a second admin client reads the new policy."""
+    project = "workers-clients"
+    _project(server, project)
+    opts = ClientOptions(api_endpoint=server.url)
+
+    def gapic(user: str) -> resourcemanager_v3.ProjectsClient:
+        return resourcemanager_v3.ProjectsClient(transport="rest", client_options=opts,
+                                                 credentials=google.oauth2.credentials.Credentials(
+                                                     token=server.token(user)))
+    rounds = 16
+    users = [gapic(f"g{i}@example.com") for i in range(rounds)]          # tokens and clients made up front
+    readers = [gapic("alice@example.com") for _ in range(rounds)]
+    admin = build("cloudresourcemanager", "v3", static_discovery=True, client_options={"api_endpoint": server.url},
+                  credentials=google.oauth2.credentials.Credentials(token=server.token()))
+    for i in range(rounds):
+        policy = admin.projects().getIamPolicy(resource=f"projects/{project}", body={}).execute()
+        policy.setdefault("bindings", []).append({"role": "roles/browser", "members": [f"user:g{i}@example.com"]})
+        admin.projects().setIamPolicy(resource=f"projects/{project}", body={"policy": policy}).execute()
+        got = users[i].test_iam_permissions(request=iam_policy_pb2.TestIamPermissionsRequest(
+            resource=f"projects/{project}", permissions=["resourcemanager.projects.get"]))
+        assert list(got.permissions) == ["resourcemanager.projects.get"], f"round {i}: the grant was not seen"
+        read: policy_pb2.Policy = readers[i].get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(
+            resource=f"projects/{project}"))
+        assert any(f"user:g{i}@example.com" in b.members for b in read.bindings), f"round {i}: an older policy"
 
 
 def test_concurrent_writers_through_different_workers_lose_nothing(server: Server) -> None:

@@ -104,32 +104,40 @@ def _project(server: Server, project: str) -> None:
         assert r.status_code == 200, r.text
 
 
+def _toggle(policy: dict[str, object], member: str, grant: bool) -> dict[str, object]:
+    """``policy`` with ``member`` holding roles/browser (grant) or nothing (revoke)."""
+    bindings = [b for b in policy.get("bindings", []) if b["role"] != "roles/browser"]  # type: ignore[attr-defined]
+    if grant:
+        bindings.append({"role": "roles/browser", "members": [member]})
+    return {**policy, "bindings": bindings}
+
+
 def test_every_write_is_seen_by_the_next_request_whichever_worker_answers(server: Server) -> None:
+    """Rounds of read-modify-write on fresh connections, granting and revoking in turn: no stale etag,
+    and the grant (or the revocation) is what the very next check sees."""
     project = "workers-ryw"
     _project(server, project)
     path = f"/v3/projects/{project}"
-    with _fresh(server) as c:
-        for i in range(30):
+    user = httpx.Client(base_url=server.url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0),
+                        headers={"Authorization": f"Bearer {server.token('ryw@example.com')}"})
+    with _fresh(server) as c, user:
+        for i in range(40):
             got = c.post(f"{path}:getIamPolicy", json={"options": {"requestedPolicyVersion": 3}})
             assert got.status_code == 200, got.text
-            policy = got.json()
-            policy.setdefault("bindings", []).append({"role": "roles/viewer", "members": [f"user:r{i}@example.com"]})
-            put = c.post(f"{path}:setIamPolicy", json={"policy": policy})
+            grant = i % 2 == 0
+            put = c.post(f"{path}:setIamPolicy", json={"policy": _toggle(got.json(), "user:ryw@example.com", grant)})
             assert put.status_code == 200, f"round {i}: {put.text}"   # a stale read would be 409 ABORTED here
             again = c.post(f"{path}:getIamPolicy", json={"options": {"requestedPolicyVersion": 3}})
             assert again.json()["etag"] == put.json()["etag"], f"round {i}: a worker answered with an older policy"
-            # the grant is honoured at once, by whichever worker answers
-            user = httpx.Client(base_url=server.url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0),
-                                headers={"Authorization": f"Bearer {server.token(f'r{i}@example.com')}"})
-            with user:
-                tip = user.post(f"{path}:testIamPermissions",
-                                json={"permissions": ["resourcemanager.projects.get"]})
-            assert tip.json().get("permissions") == ["resourcemanager.projects.get"], f"round {i}: {tip.text}"
+            tip = user.post(f"{path}:testIamPermissions", json={"permissions": ["resourcemanager.projects.get"]})
+            want = ["resourcemanager.projects.get"] if grant else None
+            assert tip.json().get("permissions") == want, f"round {i} ({'grant' if grant else 'revoke'}): {tip.text}"
 
 
 def test_google_clients_see_each_others_writes_through_any_worker(server: Server) -> None:
-    """The admin's discovery client grants a user; at once that user's GAPIC REST client (its own
-    connection, on whichever worker) is allowed, and a second admin client reads the new policy."""
+    """The admin's discovery client grants and revokes a user's role in turn; at once that user's GAPIC REST
+    client (a new one each round: its own connection, on whichever worker) is allowed or denied, and another
+    admin client reads the new policy."""
     project = "workers-clients"
     _project(server, project)
     opts = ClientOptions(api_endpoint=server.url)
@@ -139,20 +147,23 @@ def test_google_clients_see_each_others_writes_through_any_worker(server: Server
                                                  credentials=google.oauth2.credentials.Credentials(
                                                      token=server.token(user)))
     rounds = 16
-    users = [gapic(f"g{i}@example.com") for i in range(rounds)]          # tokens and clients made up front
+    users = [gapic("gapic-user@example.com") for _ in range(rounds)]        # clients made up front
     readers = [gapic("alice@example.com") for _ in range(rounds)]
     admin = build("cloudresourcemanager", "v3", static_discovery=True, client_options={"api_endpoint": server.url},
                   credentials=google.oauth2.credentials.Credentials(token=server.token()))
     for i in range(rounds):
+        grant = i % 2 == 0
         policy = admin.projects().getIamPolicy(resource=f"projects/{project}", body={}).execute()
-        policy.setdefault("bindings", []).append({"role": "roles/browser", "members": [f"user:g{i}@example.com"]})
-        admin.projects().setIamPolicy(resource=f"projects/{project}", body={"policy": policy}).execute()
+        admin.projects().setIamPolicy(resource=f"projects/{project}", body={
+            "policy": _toggle(policy, "user:gapic-user@example.com", grant)}).execute()
         got = users[i].test_iam_permissions(request=iam_policy_pb2.TestIamPermissionsRequest(
             resource=f"projects/{project}", permissions=["resourcemanager.projects.get"]))
-        assert list(got.permissions) == ["resourcemanager.projects.get"], f"round {i}: the grant was not seen"
+        assert list(got.permissions) == (["resourcemanager.projects.get"] if grant else []), \
+            f"round {i}: the {'grant' if grant else 'revocation'} was not seen"
         read: policy_pb2.Policy = readers[i].get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(
             resource=f"projects/{project}"))
-        assert any(f"user:g{i}@example.com" in b.members for b in read.bindings), f"round {i}: an older policy"
+        assert any("user:gapic-user@example.com" in b.members for b in read.bindings) == grant, \
+            f"round {i}: an older policy"
 
 
 def test_concurrent_writers_through_different_workers_lose_nothing(server: Server) -> None:

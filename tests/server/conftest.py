@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+
+from pg import PgUnavailable, cluster_url, create_database, drop_database
 
 ADMIN = "alice@example.com"
 _TOKENS: dict[tuple[str, str], str] = {}
@@ -77,6 +80,24 @@ def serve(database: str, log: Path, organization: str, *, enforcement: str = "en
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"keycard serve did not start: {log.read_text()[-2000:]}")
+
+
+@contextmanager
+def database(backend: str, directory: Path) -> Iterator[str]:
+    """A fresh database URL: a SQLite file in ``directory``, or a throwaway PostgreSQL database (dropped
+    afterwards; the test is skipped when PostgreSQL is unavailable)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{directory / 'keycard.db'}"
+        return
+    try:
+        admin = cluster_url()
+    except PgUnavailable as e:
+        pytest.skip(f"PostgreSQL unavailable: {e}")
+    url = create_database(admin)
+    try:
+        yield url
+    finally:
+        drop_database(admin, url)
 
 
 def stop_server(server: Server) -> None:

@@ -13,28 +13,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import KEYCARD, Server, start_server, stop_server
-from pg import PgUnavailable, cluster_url, create_database, drop_database
+from conftest import KEYCARD, Server, database, start_server, stop_server
 
 CLIENTS, ROUNDS = 32, 40
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def backend_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'kc.db'}"
-        admin = None
-    else:
+    with database(request.param, tmp_path) as url:
+        srv = start_server(url, tmp_path / "server.log")
         try:
-            admin = cluster_url()
-        except PgUnavailable as e:
-            pytest.skip(f"PostgreSQL unavailable: {e}")
-        url = create_database(admin)
-    srv = start_server(url, tmp_path / "server.log")
-    yield srv
-    stop_server(srv)
-    if admin is not None:
-        drop_database(admin, url)
+            yield srv
+        finally:
+            stop_server(srv)
 
 
 def test_concurrent_read_modify_write_loses_nothing(backend_server: Server) -> None:

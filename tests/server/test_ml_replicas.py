@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from conftest import Server, serve, start_server, stop_server
-from pg import PgUnavailable, cluster_url, create_database, drop_database
+from conftest import Server, database, serve, start_server, stop_server
 
 PROJECT, BUCKET = "replica-proj-1", "replica-models-1"
 X = np.array([[0.0, 0.1], [0.2, 0.0], [1.0, 0.9], [0.9, 1.1]])
@@ -28,22 +27,16 @@ Y = np.array([0, 0, 1, 1])
 def replicas(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
              ) -> Iterator[tuple[Server, Server]]:
     monkeypatch.chdir(tmp_path)      # on PostgreSQL both replicas keep object data in ./.keycard/objects
-    admin = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'kc.db'}"
-    else:
+    with database(request.param, tmp_path) as url:
+        a = start_server(url, tmp_path / "a.log")
         try:
-            admin = cluster_url()
-        except PgUnavailable as e:
-            pytest.skip(f"PostgreSQL unavailable: {e}")
-        url = create_database(admin)
-    a = start_server(url, tmp_path / "a.log")
-    b = serve(url, tmp_path / "b.log", a.organization)
-    yield a, b
-    stop_server(b)
-    stop_server(a)
-    if admin is not None:
-        drop_database(admin, url)
+            b = serve(url, tmp_path / "b.log", a.organization)
+            try:
+                yield a, b
+            finally:
+                stop_server(b)
+        finally:
+            stop_server(a)
 
 
 def _ok(r: Any) -> Any:

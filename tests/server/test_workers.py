@@ -27,8 +27,7 @@ from google.cloud import resourcemanager_v3
 from google.iam.v1 import iam_policy_pb2, policy_pb2
 from googleapiclient.discovery import build
 
-from conftest import KEYCARD, Server, start_server, stop_server
-from pg import PgUnavailable, cluster_url, create_database, drop_database
+from conftest import KEYCARD, Server, database, start_server, stop_server
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="--workers needs os.fork")
 
@@ -73,23 +72,13 @@ def _workers_up(server: Server) -> list[int]:
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     d = tmp_path_factory.mktemp("workers")
-    admin = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{d / 'keycard.db'}"
-    else:
+    with database(request.param, d) as url:
+        srv = start_server(url, d / "server.log", extra_args=["--workers", str(WORKERS)])
         try:
-            admin = cluster_url()
-        except PgUnavailable as e:
-            pytest.skip(f"PostgreSQL unavailable: {e}")
-        url = create_database(admin)
-    srv = start_server(url, d / "server.log", extra_args=["--workers", str(WORKERS)])
-    _workers_up(srv)
-    try:
-        yield srv
-    finally:
-        stop_server(srv)
-        if admin is not None:
-            drop_database(admin, url)
+            _workers_up(srv)
+            yield srv
+        finally:
+            stop_server(srv)
 
 
 def _fresh(server: Server) -> httpx.Client:

@@ -142,12 +142,14 @@ def run_workers(workers: int, worker: Callable[[int], None]) -> int:
     children: dict[int, int] = {}                  # pid → worker index
     stopping = False
 
-    def stop(sig: int, _frame: Any = None) -> None:
+    def stop(_sig: int, _frame: Any = None) -> None:
+        # SIGTERM whatever the parent got: a Ctrl-C reaches the workers itself (one process group), and a
+        # second SIGINT would make uvicorn exit at once instead of finishing the requests in flight
         nonlocal stopping
         stopping = True
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+                os.kill(pid, signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

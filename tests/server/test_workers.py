@@ -215,6 +215,41 @@ def test_sigterm_stops_every_worker(tmp_path: Path) -> None:
         stop_server(srv)
 
 
+def test_ctrl_c_stops_the_server_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal: SIGINT to the whole process group (parent and workers)."""
+    url = f"sqlite:///{tmp_path / 'keycard.db'}"
+    init = subprocess.run([*KEYCARD, "init", "--organization-domain", "example.com", "--admin",
+                           "user:alice@example.com", "--database", url], capture_output=True, text=True, timeout=120)
+    assert init.returncode == 0, init.stderr
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    number = port.getsockname()[1]
+    port.close()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([*KEYCARD, "serve", "--database", url, "--port", str(number), "--workers", "2"],
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        kids: list[int] = []
+        while time.monotonic() < deadline and len(kids) < 2:
+            kids = _children(proc.pid)
+            time.sleep(0.05)
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{number}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=15) == 0, log.read_text()[-2000:]
+        assert _wait_gone(kids)
+        assert "Traceback" not in log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_a_dead_worker_takes_the_server_down(tmp_path: Path) -> None:
     srv, kids = _own_server(tmp_path)
     try:

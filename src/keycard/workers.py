@@ -151,16 +151,19 @@ def run_workers(workers: int, worker: Callable[[int], None]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
     try:
         for index in range(workers):
             parent = os.getpid()
+            # signals wait until each side has its own handlers (a worker must never run the parent's stop())
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
             pid = os.fork()
             if pid == 0:                            # the worker
                 code = 0
                 try:
                     for sig, handler in previous.items():
                         signal.signal(sig, handler)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
                     _exit_with_parent(parent)
                     worker(index)
                 except SystemExit as e:
@@ -173,6 +176,7 @@ def run_workers(workers: int, worker: Callable[[int], None]) -> int:
                     sys.stderr.flush()
                     os._exit(code)
             children[pid] = index
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         status = 0
         while children:
             try:
@@ -192,6 +196,9 @@ def run_workers(workers: int, worker: Callable[[int], None]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _exit_with_parent(parent: int) -> None:

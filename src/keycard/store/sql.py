@@ -302,9 +302,9 @@ class SqlStore:
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Connection]:
-        # SQLite: writers of this process queue on a lock instead of spinning in sqlite's busy handler,
-        # whose growing sleeps gave seconds-long tails under contention; other processes still queue on
-        # BEGIN IMMEDIATE with the busy timeout.
+        # SQLite: writers queue on locks instead of spinning in sqlite's busy handler, whose growing sleeps
+        # gave seconds-long tails under contention: this process's on _write_lock, every process's on the
+        # writer lock file (see the module doc).
         sqlite = write and self.dialect == "sqlite"
         lock = self._write_lock if sqlite else contextlib.nullcontext()
         with lock, self._process_lock if sqlite else contextlib.nullcontext(), self.engine.connect() as conn:
@@ -504,7 +504,8 @@ class SqlStore:
                     raw.close()
             self._remember(batch, first, last)
             if last != first and self.on_commit is not None:
-                self.on_commit(last)
+                with contextlib.suppress(Exception):   # committed: a failing listener must not report otherwise
+                    self.on_commit(last)
         except BaseException as exc:
             for p in batch:
                 p.error, p.revision = exc, 0

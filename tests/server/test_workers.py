@@ -250,6 +250,30 @@ def test_ctrl_c_stops_the_server_cleanly(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_no_database_connection_crosses_the_fork(tmp_path: Path) -> None:
+    """SQLite's rule: a connection opened before fork() must not be used after it. The parent closes its
+    connections before forking: it holds no descriptor of the database once the workers run."""
+    srv, kids = _own_server(tmp_path)
+    try:
+        with _fresh(srv) as c:      # the workers open connections of their own and write
+            assert c.post("/v3/projects", json={"projectId": "fork-p", "parent": srv.organization}).status_code == 200
+        def db_fds(pid: int) -> list[str]:
+            out = []
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue
+                if "keycard.db" in target:
+                    out.append(target)
+            return out
+        assert db_fds(srv.process.pid) == []
+        assert all(db_fds(k) for k in kids)          # (the check can see them: the workers hold theirs)
+    finally:
+        stop_server(srv)
+
+
 def test_a_dead_worker_takes_the_server_down(tmp_path: Path) -> None:
     srv, kids = _own_server(tmp_path)
     try:

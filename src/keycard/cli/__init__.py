@@ -232,6 +232,7 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
             finally:
                 if grpc_ is not None:
                     grpc_.stop(2).wait()
+        _store.before_fork()
         raise typer.Exit(forked.run_workers(workers, worker))
     grpc_server = _start_grpc(services, application, host, port, grpc_port, grpc_insecure) if grpc_port else None
     # What start-up loaded (the engine, every record, modules) lives as long as the process: out of the cyclic

@@ -276,6 +276,14 @@ class SqlStore:
             rows = cur.fetchall()
         return str(rows[0][0]) if len(rows) == 1 else None
 
+    def before_fork(self) -> None:
+        """Close every connection before the process forks (no thread may be using the store): a child must
+        never inherit an open SQLite connection (SQLite's rule: its file locks belong to the process) or a
+        PostgreSQL socket. The store opens new connections on its next use."""
+        with self._write_lock:
+            self._drop_writer()
+        self.engine.dispose()
+
     def after_fork(self) -> None:
         """In a forked child, before any use: connections, locks and threads of its own (the parent's
         stay the parent's; a database connection must never be used by two processes)."""

@@ -141,6 +141,7 @@ def _parse_resource_cached(name: str, field: str) -> ResourceName:
 
 
 # Cloud Storage object names may hold any UTF-8 but CR, LF and NUL (spaces, '//', …).
+_BUCKET_TYPES = frozenset({"storage.googleapis.com/Bucket", "storage.googleapis.com/Object"})
 _OBJECT_RE = re.compile(r"projects/_/buckets/[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]/objects/[^\r\n\x00]+")
 
 
@@ -164,7 +165,7 @@ def _parse_resource_uncached(name: str, field: str) -> ResourceName:
         m = pattern.fullmatch(relative)
         if m is None:
             continue
-        if rtype == "storage.googleapis.com/Bucket" and not _BUCKET_RE.fullmatch(m.group(1)):
+        if rtype in _BUCKET_TYPES and not _BUCKET_RE.fullmatch(m.group(1)):   # an object's bucket too
             raise _bad(field, name, "bucket names are 3-222 characters of a-z, 0-9, '.', '_' and '-', "
                                     "starting and ending with a letter or digit")
         if rtype.startswith("ml.googleapis.com/") and rtype != "ml.googleapis.com/Operation" \

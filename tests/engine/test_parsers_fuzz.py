@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from keycard import names
@@ -135,6 +135,7 @@ def call(fn: Callable[..., Any], value: object, fld: str, **kwargs: Any) -> Any:
 
 @FUZZ
 @given(name_like)
+@example("//storage.googleapis.com/projects/_/buckets/:/objects/x")   # an object in an invalid bucket: rejected
 def test_parse_resource_returns_or_rejects(text: str) -> None:
     rn = call(names.parse_resource, text, "resource")
     if rn is not None:

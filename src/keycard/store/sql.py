@@ -285,13 +285,8 @@ class SqlStore:
         self.engine.dispose()
 
     def after_fork(self) -> None:
-        """In a forked child, before any use: connections, locks and threads of its own (the parent's
-        stay the parent's; a database connection must never be used by two processes)."""
-        self.engine.dispose(close=False)
-        self._writer = None
-        self._write_lock = threading.Lock()
-        self._queue, self._queue_lock = [], threading.Lock()
-        self._recent_lock = threading.Lock()
+        """In a forked child, before any use: a change-feed listener of its own (before_fork closed every
+        connection, so the child opens its own on first use; its thread was never started in the parent)."""
         if self._listener is not None:
             self._listener = PgListener(self._conninfo, CHANNEL)
 

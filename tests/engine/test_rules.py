@@ -200,6 +200,29 @@ def test_incremental_write_is_seen_by_the_next_check() -> None:
     assert e.ancestry(MODEL) == [MODEL, PROJ, ORG]
 
 
+def test_writes_at_the_top_of_the_hierarchy_reach_a_caller_already_checked() -> None:
+    # The roles a caller holds at the organization are memoized on its identity (engine.check):
+    # a grant, a revocation, a role's new permission and a new group there must all be seen at once.
+    role = {"name": "organizations/1/roles/ops", "title": "r", "includedPermissions": ["ml.models.get"],
+            "stage": "GA"}
+    e = world(org=[b("roles/browser", "user:u@x.com", "allAuthenticatedUsers")], roles=[role])
+    u = "user:u@x.com"
+    assert not e.check(u, "ml.models.get", MODEL, time=T).allowed
+    e.set_iam_policy(ORG, {"bindings": [b("roles/browser", u), b("roles/ml.viewer", u)]})
+    d = e.check(u, "ml.models.get", MODEL, time=T)
+    assert d.allowed and d.grant is not None and (d.grant.resource, d.grant.role) == (ORG, "roles/ml.viewer")
+    e.set_iam_policy(ORG, {"bindings": [b("roles/browser", u), b("organizations/1/roles/ops", "group:g@x.com")]})
+    assert not e.check(u, "ml.models.get", MODEL, time=T).allowed
+    e.set_group_members("g@x.com", [u])
+    assert e.check(u, "ml.models.get", MODEL, time=T).allowed
+    e.put_role({**role, "includedPermissions": ["ml.models.list"]})
+    assert not e.check(u, "ml.models.get", MODEL, time=T).allowed
+    assert e.check(u, "ml.models.list", MODEL, time=T).allowed
+    e.set_iam_policy(ORG, {"bindings": [b("roles/ml.viewer", "user:other@x.com")]})
+    assert not e.check(u, "ml.models.list", MODEL, time=T).allowed
+    assert e.check("user:other@x.com", "ml.models.list", MODEL, time=T).allowed
+
+
 def test_group_cycles_rejected_on_write_and_harmless_at_evaluation() -> None:
     e = world(proj=[b("roles/viewer", "group:a@x.com")], groups={"a@x.com": ["group:b@x.com"],
                                                                 "b@x.com": ["user:u@x.com"]})

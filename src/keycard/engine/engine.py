@@ -324,6 +324,7 @@ class Engine:
         # order, then binding order) or a project's merged one (the else branch below).
         pending: list[tuple[Grant, str]] | None = None
         found: tuple[Grant, str, Identity, ConditionResult | None] | None = None
+        top = hot[-1] if hot else None
         for n in hot:
             idx = n.probe
             if idx is None:
@@ -332,7 +333,17 @@ class Engine:
                 idx = h.merged(n)
                 if idx is None:
                     continue
-            if idx.keys().isdisjoint(keys):
+            if n is top:
+                # The top of the hierarchy: one index every check reaches that nothing nearer grants,
+                # often with many of the caller's keys and grants in it. The roles the caller holds
+                # there are memoized on its identity; when none of them can grant the permission (a
+                # set-to-set test on stored hashes) the index is not read at all.
+                held = ident.top
+                if held is None or held[0] is not idx:
+                    held = ident.top = (idx, _held_roles(idx, keys))
+                if holders.isdisjoint(held[1]):
+                    continue
+            elif idx.keys().isdisjoint(keys):
                 continue
             single = idx is n.allow                 # one node's index, or a project's merged one
             if single:
@@ -880,6 +891,11 @@ class Engine:
 
     def resources(self) -> Iterator[str]:
         return iter(list(self._h.nodes))
+
+
+def _held_roles(idx: Mapping[str, Sequence[Grant]], keys: tuple[str, ...]) -> frozenset[object]:
+    """The roles bound in ``idx`` to any of ``keys`` (conditional and custom ones too)."""
+    return frozenset(g.role for k in keys for g in idx.get(k, ()))
 
 
 def _denied_principal(rule: DenyRule, ident: Identity, *, ignore_exceptions: bool = False) -> str | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from keycard import names
 from keycard.errors import InvalidArgument
@@ -25,12 +25,16 @@ ANONYMOUS = "allUsers"
 _POOL_SUBJECT = "/subject/"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Identity:
     principal: str                    # canonical member key of the caller ("allUsers" when anonymous)
     keys: tuple[str, ...]             # every member key that matches the caller
     via: Mapping[str, str]            # group key → the key through which it was reached
     authenticated: bool
+    # The engine's memo of the roles ``keys`` hold in the index of the top of the hierarchy (the one
+    # index every check reaches when nothing nearer grants): (that index, the roles). Valid while that
+    # very index object is the top's: every policy write there installs a new one.
+    top: tuple[object, frozenset[object]] | None = field(default=None, repr=False)
 
     def chain(self, key: str) -> list[str]:
         """principal → … → key, the membership path that makes ``key`` match."""

@@ -167,14 +167,13 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
           workers: Annotated[int, typer.Option(help="Server processes sharing the port and the database, one core "
                                                "each (see docs/server.md)")] = 1) -> None:
     """Run the keycard server (Google's REST APIs at Google's paths)."""
-    import uvicorn
-
-    from keycard.http.app import create_app
     from keycard.server import open_services
     if enforcement not in ("enforce", "dry-run"):
         raise KeycardError(f"Invalid --enforcement {enforcement!r}: use enforce or dry-run.")
     if not 1 <= workers <= 64:
         raise KeycardError(f"Invalid --workers {workers}: between 1 and 64 (about one per core).")
+    if grpc_port and not 0 < grpc_port < 65536:
+        raise KeycardError(f"Invalid --grpc-port {grpc_port}: a port number (1-65535), or 0 for no gRPC listener.")
     if workers > 1 and not hasattr(os, "fork"):
         raise KeycardError("--workers above 1 needs os.fork (Linux or macOS); run one process per port instead.")
     url = _database(database, data_dir)
@@ -186,8 +185,6 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
         err.print(f"[yellow]WARNING:[/] enforcement is {enforcement}: every request is allowed; would-be denials "
                   "are recorded in the audit log and the X-Keycard-Would-Deny header.", highlight=False)
     services.training_enabled = enable_training
-    from keycard.ml.jobs import start_job_runner  # resumes (or ends) ml jobs a stopped server left running
-    base_url = f"http://{host}:{port}"
     if workers > 1:
         from keycard import workers as forked
         try:
@@ -198,10 +195,6 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
         peers = forked.SharedRevisions(workers)
         services.runtime.peers = peers
         _store.on_commit = peers.publish
-    else:
-        services.runtime.start_following()
-        application = create_app(services, keys, base_url=base_url)
-        start_job_runner(services, keys, base_url=base_url)
     err.print(f"keycard serving {services.organization.split('/', 3)[3]} on http://{host}:{port} "
               f"({url.split('://')[0]}, revision {services.runtime.applied}"
               + (f", {workers} worker processes" if workers > 1 else "") + ")", highlight=False)
@@ -211,46 +204,54 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
     err.print("Try it (in another terminal):\n"
               f"  curl -s -H \"Authorization: Bearer $({kc} auth print-access-token --user ADMIN_EMAIL{db_opt})\" "
               f"http://{host}:{port}/v3/organizations:search", highlight=False)
-    # Google's discovery clients (httplib2) reuse idle connections without retrying: keep them open.
-    # httptools + uvloop: the C HTTP parser and event loop (about 2x fewer µs per request than h11/asyncio).
-    options: dict[str, Any] = {"log_level": log_level, "access_log": False, "timeout_keep_alive": 650,
-                               "http": "httptools", "loop": "uvloop"}
     if workers > 1:
         def worker(index: int) -> None:
-            """One forked worker: its own connections and threads, then the shared socket."""
+            """One forked worker: its own connections and threads, then its listener on the shared port."""
             _store.after_fork()
             peers.after_fork(index)
-            services.runtime.start_following()
-            app_ = create_app(services, keys, base_url=base_url)
-            start_job_runner(services, keys, base_url=base_url)
-            grpc_ = _start_grpc(services, app_, host, port, grpc_port, grpc_insecure) if grpc_port and not index \
-                else None
-            gc.freeze()
-            gc.set_threshold(20_000, *gc.get_threshold()[1:])
-            try:
-                uvicorn.Server(uvicorn.Config(app_, **options)).run(sockets=[forked.listener(sock)])
-            finally:
-                if grpc_ is not None:
-                    grpc_.stop(2).wait()
+            _run(services, keys, host, port, grpc_port if not index else 0, grpc_insecure, log_level,
+                 sockets=[forked.listener(sock)])
         _store.before_fork()
         raise typer.Exit(forked.run_workers(workers, worker))
+    _run(services, keys, host, port, grpc_port, grpc_insecure, log_level)
+
+
+def _run(services: Any, keys: Any, host: str, port: int, grpc_port: int, grpc_insecure: bool, log_level: str, *,
+         sockets: list[Any] | None = None) -> None:
+    """One serving process (the server, or one of its workers): follow the change feed, build the app,
+    resume ml jobs, the optional gRPC listener, then uvicorn until stopped."""
+    import uvicorn
+
+    from keycard.http.app import create_app
+    from keycard.ml.jobs import start_job_runner  # resumes (or ends) ml jobs a stopped server left running
+    base_url = f"http://{host}:{port}"
+    services.runtime.start_following()
+    application = create_app(services, keys, base_url=base_url)
+    start_job_runner(services, keys, base_url=base_url)
     grpc_server = _start_grpc(services, application, host, port, grpc_port, grpc_insecure) if grpc_port else None
     # What start-up loaded (the engine, every record, modules) lives as long as the process: out of the cyclic
     # collector's full passes, which would otherwise traverse it all and stall every request in flight; the few
     # cycles requests leave are collected every 20,000 net allocations rather than 700 (as keycard proxy does).
     gc.freeze()
     gc.set_threshold(20_000, *gc.get_threshold()[1:])
+    # Google's discovery clients (httplib2) reuse idle connections without retrying: keep them open.
+    # httptools + uvloop: the C HTTP parser and event loop (about 2x fewer µs per request than h11/asyncio).
+    config = uvicorn.Config(application, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_keep_alive=650, http="httptools", loop="uvloop")
+    server = uvicorn.Server(config)
     try:
-        uvicorn.run(application, host=host, port=port, **options)
+        server.run(sockets=sockets)
+    except KeyboardInterrupt:       # uvicorn re-raises the Ctrl-C it finished serving on (as uvicorn.run does)
+        pass
     finally:
         if grpc_server is not None:
             grpc_server.stop(2).wait()
+    if not server.started:
+        raise SystemExit(3)         # uvicorn's STARTUP_FAILURE, as uvicorn.run exits with
 
 
 def _start_grpc(services: Any, application: Any, host: str, port: int, grpc_port: int, insecure: bool) -> Any:
     """The optional gRPC listener, sharing the HTTP app's services and authenticator."""
-    if not 0 < grpc_port < 65536:
-        raise KeycardError(f"Invalid --grpc-port {grpc_port}: a port number (1-65535), or 0 for no gRPC listener.")
     try:
         from keycard.grpc_iam import start_grpc_server
     except ImportError as e:

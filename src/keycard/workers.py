@@ -19,6 +19,11 @@ What makes N workers one server to its clients:
   file beside the database (keycard.store.sql), not in SQLite's busy handler, whose sleeps of 1, 2, 5, 10 …
   ms would stall every contended write.
 
+- **One /metrics.** The workers count in prometheus_client's multiprocess mode: each writes its metrics to
+  files of its own in a private directory the parent makes for this run (``PROMETHEUS_MULTIPROC_DIR``, set
+  before the workers create their metrics), and a scrape, whichever worker takes it, sums them all. The
+  directory is new at every start and removed when the server stops.
+
 The parent process serves nothing: it forks the workers, forwards SIGINT/SIGTERM to them, and if one
 exits on its own it stops the others and exits with an error, so that a supervisor (systemd, Kubernetes)
 restarts the whole server.
@@ -33,14 +38,16 @@ import gc
 import logging
 import mmap
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["SharedRevisions", "bind", "listener", "run_workers"]
+__all__ = ["METRICS_DIR", "SharedRevisions", "bind", "listener", "run_workers"]
 
 log = logging.getLogger("keycard.workers")
 
@@ -131,13 +138,48 @@ def listener(held: socket.socket) -> socket.socket:
     return sock
 
 
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def _shared_metrics() -> Iterator[str]:
+    """prometheus_client's multiprocess mode for the workers' metrics, in a directory of this run's own.
+
+    A new private directory (mode 0700) at every start, so that the files of a killed earlier run are never
+    summed; removed when the workers are gone. The variable is set before the fork, so before any worker
+    creates a metric (prometheus_client picks its value class, in-process or file-backed, from it)."""
+    path = tempfile.mkdtemp(prefix="keycard-metrics-")
+    previous = os.environ.get(METRICS_DIR)
+    os.environ[METRICS_DIR] = path
+    from prometheus_client import values
+    if not values.ValueClass._multiprocess:          # imported before the variable was set: choose again
+        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        if previous is None:
+            os.environ.pop(METRICS_DIR, None)
+        else:
+            os.environ[METRICS_DIR] = previous
+
+
 def run_workers(workers: int, worker: Callable[[int], None]) -> int:
     """Fork ``workers`` processes running ``worker(index)``; supervise them; return the exit status.
+
+    The workers' metrics are shared (:func:`_shared_metrics`): a worker's app answers /metrics with the sum
+    over every worker's files, in the directory ``os.environ[METRICS_DIR]`` names.
 
     Call with no other thread running (what start-up loaded is frozen out of the cyclic collector first,
     so that the workers' collections do not touch, and so copy, the pages they share)."""
     if not hasattr(os, "fork"):
         raise OSError("--workers needs os.fork (Linux or macOS)")
+    with _shared_metrics() as metrics:
+        return _supervise(workers, worker, metrics)
+
+
+def _supervise(workers: int, worker: Callable[[int], None], metrics: str) -> int:
+    from prometheus_client.multiprocess import mark_process_dead
     gc.freeze()
     children: dict[int, int] = {}                  # pid → worker index
     stopping = False
@@ -187,6 +229,7 @@ def run_workers(workers: int, worker: Callable[[int], None]) -> int:
                 continue
             index = children.pop(pid, -1)
             code = os.waitstatus_to_exitcode(raw)
+            mark_process_dead(pid, metrics)  # type: ignore[no-untyped-call]  # its live gauges stop counting
             if not stopping:
                 print(f"keycard: worker {index} (pid {pid}) exited with status {code}; stopping the others.",
                       file=sys.stderr, flush=True)

@@ -274,13 +274,18 @@ def test_no_database_connection_crosses_the_fork(tmp_path: Path) -> None:
         stop_server(srv)
 
 
-def test_a_dead_worker_takes_the_server_down(tmp_path: Path) -> None:
+def test_a_dead_worker_takes_the_server_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))          # where the server makes its metrics directory
     srv, kids = _own_server(tmp_path)
     try:
+        assert len(list(tmp.glob("keycard-metrics-*"))) == 1
         os.kill(kids[0], signal.SIGKILL)
         assert srv.process.wait(timeout=15) == 1
         assert _wait_gone(kids), "the other worker kept serving"
         assert "exited" in srv.log.read_text()
+        assert not list(tmp.glob("keycard-metrics-*")), "the metrics directory outlived the server"
     finally:
         stop_server(srv)
 
@@ -358,3 +363,51 @@ def test_connections_are_spread_over_the_workers(tmp_path: Path) -> None:
         for s in socks:
             s.close()
         stop_server(srv)
+
+
+def _counted(text: str, metric: str, route: str) -> float:
+    """The sum of ``metric``'s samples for ``route`` in a /metrics exposition."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(metric + "{") and f'route="{route}"' in line)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; SO_REUSEPORT spreading is Linux's")
+def test_metrics_count_the_requests_of_every_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests spread over both workers; every scrape of /metrics, whichever worker answers it, shows them
+    all (prometheus_client's multiprocess mode over a private directory the server removes when it stops)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))          # where the server makes its metrics directory
+    srv, kids = _own_server(tmp_path)
+    port = int(srv.url.rsplit(":", 1)[1])
+    route = "cloudresourcemanager.organizations.search"
+    try:
+        made = list(tmp.glob("keycard-metrics-*"))
+        assert len(made) == 1 and made[0].is_dir(), made
+        assert made[0].stat().st_mode & 0o777 == 0o700
+        request = (f"GET /v3/organizations:search HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv.token()}\r\n"
+                   "\r\n").encode()
+        answered: dict[int, int] = {}
+        sent = 24                                   # all on one worker: 2 × 0.5^24
+        for _ in range(sent):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(request)
+                first = s.recv(4096)                # (keep-alive: the worker still holds the connection)
+                owner = _server_pid_of(s.getsockname()[1], kids)
+            assert first.startswith(b"HTTP/1.1 200 "), first[:200]
+            assert owner is not None
+            answered[owner] = answered.get(owner, 0) + 1
+        assert set(answered) == set(kids), answered
+        totals = set()
+        for _ in range(8):
+            with httpx.Client(base_url=srv.url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+                text = c.get("/metrics").text
+            counted = _counted(text, "keycard_requests_total", route)
+            assert counted >= sent, f"a scrape counted {counted} of {sent} requests (one worker's share?)"
+            assert _counted(text, "keycard_request_seconds_count", route) == counted
+            totals.add(counted)
+        assert len(totals) == 1, f"scrapes disagree: {sorted(totals)}"
+    finally:
+        stop_server(srv)
+    assert srv.process.returncode == 0
+    assert not list(tmp.glob("keycard-metrics-*")), "the metrics directory outlived the server"

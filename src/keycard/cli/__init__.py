@@ -210,23 +210,24 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on")] = "127
             _store.after_fork()
             peers.after_fork(index)
             _run(services, keys, host, port, grpc_port if not index else 0, grpc_insecure, log_level,
-                 sockets=[forked.listener(sock)])
+                 sockets=[forked.listener(sock)], metrics_dir=os.environ[forked.METRICS_DIR])
         _store.before_fork()
         raise typer.Exit(forked.run_workers(workers, worker))
     _run(services, keys, host, port, grpc_port, grpc_insecure, log_level)
 
 
 def _run(services: Any, keys: Any, host: str, port: int, grpc_port: int, grpc_insecure: bool, log_level: str, *,
-         sockets: list[Any] | None = None) -> None:
-    """One serving process (the server, or one of its workers): follow the change feed, build the app,
-    resume ml jobs, the optional gRPC listener, then uvicorn until stopped."""
+         sockets: list[Any] | None = None, metrics_dir: str | None = None) -> None:
+    """One serving process (the server, or one of its workers): follow the change feed, build the app
+    (a worker's /metrics sums every worker's, in ``metrics_dir``), resume ml jobs, the optional gRPC
+    listener, then uvicorn until stopped."""
     import uvicorn
 
     from keycard.http.app import create_app
     from keycard.ml.jobs import start_job_runner  # resumes (or ends) ml jobs a stopped server left running
     base_url = f"http://{host}:{port}"
     services.runtime.start_following()
-    application = create_app(services, keys, base_url=base_url)
+    application = create_app(services, keys, base_url=base_url, metrics_dir=metrics_dir)
     start_job_runner(services, keys, base_url=base_url)
     grpc_server = _start_grpc(services, application, host, port, grpc_port, grpc_insecure) if grpc_port else None
     # What start-up loaded (the engine, every record, modules) lives as long as the process: out of the cyclic

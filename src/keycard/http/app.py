@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -71,7 +72,11 @@ def _error(e: KeycardError, domain: str) -> JSONResponse:
     return JSONResponse(e.to_json(domain), status_code=e.http_status, headers=headers)
 
 
-def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str = "") -> KeycardAsgi:
+def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str = "",
+               metrics_dir: str | None = None) -> KeycardAsgi:
+    """The app. ``metrics_dir``: ``keycard serve --workers``' shared metrics directory (prometheus_client's
+    multiprocess mode, whose file-backed values the parent switched on before forking): /metrics then sums
+    every worker's files instead of reporting this process's counts."""
     from keycard.http import routes
 
     router = Router()
@@ -81,6 +86,7 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
     latency = Histogram("keycard_request_seconds", "Request latency", ["method", "route"], registry=registry,
                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
     decisions = Counter("keycard_decisions", "Authorization decisions", ["outcome"], registry=registry)
+    granted, denied = decisions.labels("granted"), decisions.labels("denied")
     meters_of: dict[tuple[str, str, int], tuple[Any, Any]] = {}
     authn = Authenticator(keys, services.runtime.identities, services.clock,
                           {base_url.rstrip("/")} if base_url else set())
@@ -157,7 +163,7 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
         if caller.would_deny:
             response.headers["X-Keycard-Would-Deny"] = "; ".join(caller.would_deny)[:2000]
         for a in caller.authorizations:
-            decisions.labels("granted" if a["granted"] else "denied").inc()
+            (granted if a["granted"] else denied).inc()
         key = (request.method, label, code)
         meters = meters_of.get(key)
         if meters is None:      # labels() costs a few µs a call: each label set's children are looked up once
@@ -168,7 +174,12 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
         return response
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        if metrics_dir is None:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        # every worker's files, read afresh for each scrape (as prometheus_client prescribes), off the event loop
+        scrape = CollectorRegistry()
+        MultiProcessCollector(scrape, metrics_dir)  # type: ignore[no-untyped-call]
+        return Response(await run_in_threadpool(generate_latest, scrape), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 import typer
 
+from keycard.cli.containers import Container, FolderOpt, OrgOpt, add_lifecycle_commands, operation_result, parent_of
 from keycard.cli.output import Format, FormatOpt
 from keycard.cli.policy import PolicyTarget, add_policy_commands
-from keycard.cli.projects import FolderOpt, OrgOpt, operation_result, parent_of
 from keycard.cli.remote import FilterOpt, LimitOpt, remote, show, show_list
 from keycard.client import ApiError, Client
 
@@ -17,7 +17,6 @@ folders = typer.Typer(help="Folders: create, list, describe, delete, move; their
                       no_args_is_help=True)
 app.add_typer(folders, name="folders")
 
-FolderArg = Annotated[str, typer.Argument(metavar="FOLDER_ID", help="Folder id (the number)")]
 COLUMNS = (("DISPLAY_NAME", "displayName"), ("PARENT_NAME", "parent"), ("ID", "name"), ("STATE", "state"))
 
 
@@ -49,40 +48,6 @@ def list_(client: Client, folder: FolderOpt = None, organization: OrgOpt = None,
     show_list(items, fmt, COLUMNS, filter_, limit=limit)
 
 
-@folders.command("describe")
-@remote
-def describe(client: Client, folder: FolderArg, fmt: FormatOpt = Format.table) -> None:
-    """One folder."""
-    show(client.get(f"/v3/folders/{_id(folder)}"), fmt)
-
-
-@folders.command("delete")
-@remote
-def delete(client: Client, folder: FolderArg, fmt: FormatOpt = Format.table) -> None:
-    """Mark an empty folder for deletion."""
-    out = operation_result(client.delete(f"/v3/folders/{_id(folder)}"))
-    show(out, fmt, f"Deleted folder [{_id(folder)}].")
-
-
-@folders.command("undelete")
-@remote
-def undelete(client: Client, folder: FolderArg, fmt: FormatOpt = Format.table) -> None:
-    """Restore a folder marked for deletion."""
-    out = operation_result(client.post(f"/v3/folders/{_id(folder)}:undelete"))
-    show(out, fmt, f"Restored folder [{_id(folder)}].")
-
-
-@folders.command("move")
-@remote
-def move(client: Client, folder_id: FolderArg, folder: FolderOpt = None, organization: OrgOpt = None,
-         fmt: FormatOpt = Format.table) -> None:
-    """Move a folder under another folder or the organization."""
-    parent = parent_of(folder, organization)
-    if parent is None:
-        raise ApiError(0, "INVALID_ARGUMENT", "Where to?", reason="NO_PARENT",
-                       hint="Pass --folder FOLDER_ID or --organization ORG_ID.")
-    out = operation_result(client.post(f"/v3/folders/{_id(folder_id)}:move", {"destinationParent": parent}))
-    show(out, fmt, f"Moved folder [{_id(folder_id)}] to {parent}.")
-
-
+add_lifecycle_commands(folders, Container("folder", "folders", "FOLDER_ID", "Folder id (the number)",
+                                          "Mark an empty folder for deletion.", ident=_id))
 add_policy_commands(folders, PolicyTarget("folder", "FOLDER_ID", lambda f, _: f"/v3/folders/{_id(f)}"))

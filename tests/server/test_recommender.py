@@ -254,3 +254,33 @@ def test_recording_keeps_up(server: Server, usage: dict[str, Any]) -> None:
             return
         time.sleep(0.2)
     pytest.fail(f"frank's 3 bucket reads were not recorded ({hits})")
+
+
+def _error(call: Any) -> tuple[int, str]:
+    with pytest.raises(HttpError) as e:
+        call.execute()
+    return e.value.resp.status, e.value.content.decode()
+
+
+def test_recommendations_and_insights_check_alike(server: Server, usage: dict[str, Any]) -> None:
+    """Both collections: the permission first, then the location, the recommender (insight type), the item."""
+    for kind, item, collection, what, served, noun in (
+            ("recommenders", "recommendations", "Recommendations", "Recommender", "google.iam.policy.Recommender",
+             "Recommendation"),
+            ("insightTypes", "insights", "Insights", "Insight type", "google.iam.policy.Insight", "Insight")):
+        def api(user: str = ALICE, kind: str = kind, item: str = item) -> Any:
+            return getattr(getattr(recommender(server, user).projects().locations(), kind)(), item)()
+        parent = f"projects/{PROJECT}/locations/global/{kind}/{served}"
+        missing = f"{parent}/{item}/0123456789abcdef0123456789abcdef"
+        status, body = _error(api("mallory@example.com").list(parent=parent))
+        assert status == 403 and f"recommender.iamPolicy{collection}.list" in body
+        status, body = _error(api("mallory@example.com").get(name=missing))
+        assert status == 403 and f"recommender.iamPolicy{collection}.get" in body
+        status, body = _error(api().get(name=missing.replace("/global/", "/us-east1/")))
+        assert status == 400 and "Invalid name: location 'us-east1' is not supported" in body
+        status, body = _error(api().list(parent=f"projects/{PROJECT}/locations/global/{kind}/google.iam.Other"))
+        assert status == 404 and f"{what} 'google.iam.Other' is not served here; keycard serves {served}." in body
+        status, body = _error(api().get(name=missing))
+        assert status == 404 and f"{noun} '{missing}' was not found." in body
+        status, body = _error(api().list(parent=parent.replace(PROJECT, "reco-nowhere")))
+        assert status == 403   # a project that does not exist: denied before it is looked up

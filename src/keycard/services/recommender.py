@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -274,6 +274,12 @@ def _all(svc: Services, node: Node) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _insights(svc: Services, node: Node) -> dict[str, dict[str, Any]]:
+    findings = analyse(svc.runtime.engine, node.full, _rows(svc, WINDOW_DAYS))
+    _, insights = _build(svc, node, findings, WINDOW_DAYS)
+    return {iid: {**i, "etag": _etag(i["content"])} for iid, i in insights.items()}
+
+
 # =========================================================================================== filters
 
 _TERM = re.compile(r"^\s*([A-Za-z_.]+)\s*(=|:)\s*\"?([^\"]*?)\"?\s*$")
@@ -332,35 +338,62 @@ def _page(items: list[dict[str, Any]], query: Mapping[str, str], key: str) -> di
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Collection:
+    """Recommendations or insights: how a list or a get of them is checked, read and named."""
+
+    served: str                 # the one recommender (insight type) keycard serves
+    served_what: str            # "Recommender", "Insight type"
+    list_permission: str
+    key: str                    # the list's field: recommendations | insights
+    noun: str                   # "Recommendation", "Insight"
+    prefix: int                 # which of _names(node) prefixes an item's id
+    read: Callable[[Services, Node], dict[str, dict[str, Any]]]   # node → id → item
+
+
+_RECOMMENDATIONS = _Collection(RECOMMENDER, "Recommender", "recommender.iamPolicyRecommendations.list",
+                               "recommendations", "Recommendation", 0, _all)
+_INSIGHTS = _Collection(INSIGHT_TYPE, "Insight type", "recommender.iamPolicyInsights.list", "insights", "Insight",
+                        1, _insights)
+
+
+def _check(svc: Services, caller: Caller, node: Node, location: str, served: str, c: _Collection, permission: str,
+           field: str) -> None:
+    """Authorized first, then the location, the recommender (insight type) and the node itself."""
+    svc.authorize(caller, permission, node.full, service=SERVICE, shown=f"//{names.CRM}/{node.written}")
+    check_location(location, field)
+    if served != c.served:
+        raise NotFound(f"{c.served_what} '{served}' is not served here; keycard serves {c.served}.")
+    require_exists(svc, node)
+
+
+def _list(svc: Services, caller: Caller, node: Node, location: str, served: str, query: Mapping[str, str],
+          c: _Collection) -> dict[str, Any]:
+    _check(svc, caller, node, location, served, c, c.list_permission, "parent")
+    pred = _filter(query.get("filter", ""))
+    items = [i for _, i in sorted(c.read(svc, node).items()) if pred(i)]
+    return _page(items, query, c.key)
+
+
+def _get(svc: Services, caller: Caller, node: Node, location: str, served: str, ident: str, c: _Collection,
+         permission: str) -> dict[str, Any]:
+    _check(svc, caller, node, location, served, c, permission, "name")
+    found = c.read(svc, node).get(ident)
+    if found is None:
+        raise NotFound(f"{c.noun} '{_names(node)[c.prefix]}{ident}' was not found.")
+    return found
+
+
 # =============================================================================================== API
-
-def _check_recommender(recommender: str) -> None:
-    if recommender != RECOMMENDER:
-        raise NotFound(f"Recommender '{recommender}' is not served here; keycard serves {RECOMMENDER}.")
-
 
 def list_recommendations(svc: Services, caller: Caller, node: Node, location: str, recommender: str,
                          query: Mapping[str, str]) -> dict[str, Any]:
-    svc.authorize(caller, "recommender.iamPolicyRecommendations.list", node.full, service=SERVICE,
-                  shown=f"//{names.CRM}/{node.written}")
-    check_location(location)
-    _check_recommender(recommender)
-    require_exists(svc, node)
-    pred = _filter(query.get("filter", ""))
-    items = [r for _, r in sorted(_all(svc, node).items()) if pred(r)]
-    return _page(items, query, "recommendations")
+    return _list(svc, caller, node, location, recommender, query, _RECOMMENDATIONS)
 
 
 def get_recommendation(svc: Services, caller: Caller, node: Node, location: str, recommender: str, rid: str,
                        permission: str = "recommender.iamPolicyRecommendations.get") -> dict[str, Any]:
-    svc.authorize(caller, permission, node.full, service=SERVICE, shown=f"//{names.CRM}/{node.written}")
-    check_location(location, "name")
-    _check_recommender(recommender)
-    require_exists(svc, node)
-    found = _all(svc, node).get(rid)
-    if found is None:
-        raise NotFound(f"Recommendation '{_names(node)[0]}{rid}' was not found.")
-    return found
+    return _get(svc, caller, node, location, recommender, rid, _RECOMMENDATIONS, permission)
 
 
 _MARKS = {"markClaimed": ("CLAIMED", {"ACTIVE", "CLAIMED", "SUCCEEDED", "FAILED"}),
@@ -404,37 +437,11 @@ def mark(svc: Services, caller: Caller, node: Node, location: str, recommender: 
     return _with_state(snapshot, data)
 
 
-def _insights(svc: Services, node: Node) -> dict[str, dict[str, Any]]:
-    findings = analyse(svc.runtime.engine, node.full, _rows(svc, WINDOW_DAYS))
-    _, insights = _build(svc, node, findings, WINDOW_DAYS)
-    return {iid: {**i, "etag": _etag(i["content"])} for iid, i in insights.items()}
-
-
-def _check_insight_type(insight_type: str) -> None:
-    if insight_type != INSIGHT_TYPE:
-        raise NotFound(f"Insight type '{insight_type}' is not served here; keycard serves {INSIGHT_TYPE}.")
-
-
 def list_insights(svc: Services, caller: Caller, node: Node, location: str, insight_type: str,
                   query: Mapping[str, str]) -> dict[str, Any]:
-    svc.authorize(caller, "recommender.iamPolicyInsights.list", node.full, service=SERVICE,
-                  shown=f"//{names.CRM}/{node.written}")
-    check_location(location)
-    _check_insight_type(insight_type)
-    require_exists(svc, node)
-    pred = _filter(query.get("filter", ""))
-    items = [i for _, i in sorted(_insights(svc, node).items()) if pred(i)]
-    return _page(items, query, "insights")
+    return _list(svc, caller, node, location, insight_type, query, _INSIGHTS)
 
 
 def get_insight(svc: Services, caller: Caller, node: Node, location: str, insight_type: str, iid: str
                 ) -> dict[str, Any]:
-    svc.authorize(caller, "recommender.iamPolicyInsights.get", node.full, service=SERVICE,
-                  shown=f"//{names.CRM}/{node.written}")
-    check_location(location, "name")
-    _check_insight_type(insight_type)
-    require_exists(svc, node)
-    found = _insights(svc, node).get(iid)
-    if found is None:
-        raise NotFound(f"Insight '{_names(node)[1]}{iid}' was not found.")
-    return found
+    return _get(svc, caller, node, location, insight_type, iid, _INSIGHTS, "recommender.iamPolicyInsights.get")

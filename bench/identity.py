@@ -19,12 +19,10 @@ The Markdown section between the identity-bench markers of --out is replaced (or
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import http.client
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,26 +36,14 @@ sys.path.insert(0, str(REPO))
 
 import jwt  # noqa: E402
 
-from bench.server import KEYCARD, Server, machine, write_section  # noqa: E402
+from bench.server import Server, keycard_init, machine, mint_token, write_section  # noqa: E402
+from bench.server import api_call as _call  # noqa: E402
+from bench.server_load import closed_loop  # noqa: E402
 
 START, END = "<!-- identity-bench:start -->", "<!-- identity-bench:end -->"
 ADMIN = "admin@example.com"
 PROJECT = "bench-identity"
 ISSUE_TARGET, VERIFY_TARGET_US = 500.0, 50.0
-
-
-def _call(port: int, method: str, path: str, token: str, body: Any = None) -> Any:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-        conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"{method} {path}: {resp.status} {data[:500]!r}")
-        return json.loads(data) if data else {}
-    finally:
-        conn.close()
 
 
 def setup(port: int, admin_token: str, org: str) -> dict[str, Any]:
@@ -88,40 +74,11 @@ def assertions(key_file: dict[str, Any], n: int) -> list[bytes]:
     return out
 
 
-async def _issue_conn(port: int, bodies: list[bytes], lat: list[float], errors: list[str]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = (f"Host: 127.0.0.1:{port}\r\nContent-Type: application/x-www-form-urlencoded\r\n").encode()
-    try:
-        for body in bodies:
-            t0 = time.perf_counter()
-            writer.write(b"POST /token HTTP/1.1\r\n" + head + b"Content-Length: " + str(len(body)).encode()
-                         + b"\r\n\r\n" + body)
-            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            length = 0
-            for line in raw.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value.strip())
-            payload = await asyncio.wait_for(reader.readexactly(length), 10)
-            lat.append(time.perf_counter() - t0)
-            if raw[9:12] != b"200" or b'"access_token"' not in payload:
-                errors.append(raw[9:12].decode() + " " + payload[:200].decode(errors="replace"))
-    finally:
-        writer.close()
-
-
 def issue(port: int, bodies: list[bytes], connections: int) -> dict[str, Any]:
-    lat: list[float] = []
-    errors: list[str] = []
-    per = [bodies[i::connections] for i in range(connections)]
-
-    async def run() -> None:
-        await asyncio.gather(*(_issue_conn(port, chunk, lat, errors) for chunk in per))
-
-    t0 = time.perf_counter()
-    asyncio.run(run())
-    wall = time.perf_counter() - t0
-    lat.sort()
+    head = (f"Host: 127.0.0.1:{port}\r\nContent-Type: application/x-www-form-urlencoded\r\n").encode()
+    per = [[b"POST /token HTTP/1.1\r\n" + head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            for body in bodies[i::connections]] for i in range(connections)]
+    lat, errors, wall = closed_loop(port, per, b'"access_token"')
     return {"requests": len(lat), "connections": connections, "wall_s": wall, "rate": len(lat) / wall,
             "p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(len(lat) * 0.99)],
             "errors": len(errors), "first_error": errors[0] if errors else ""}
@@ -220,12 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     n_tip = 500 if args.quick else 3000
     work = Path(tempfile.mkdtemp(prefix="keycard-identity-bench-"))
     database = f"sqlite:///{work / 'keycard.db'}"
-    init = subprocess.run([*KEYCARD, "init", "--organization-domain", "example.com", "--admin", f"user:{ADMIN}",
-                           "--database", database, "--format", "json"], capture_output=True, text=True, cwd=REPO,
-                          check=True)
-    org = json.loads(init.stdout)["organization"]
-    admin = subprocess.run([*KEYCARD, "auth", "print-access-token", "--user", ADMIN, "--database", database],
-                           capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()
+    org = keycard_init(database)["organization"]
+    admin = mint_token(database, ADMIN)
     server = Server(database, work / "server.log")
     try:
         key_file = setup(server.port, admin, org)

@@ -19,12 +19,10 @@ The Markdown section between the ml-bench markers of --out is replaced (or appen
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,8 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
-from bench.server import KEYCARD, Server, machine, write_section  # noqa: E402
+from bench.server import Server, keycard_init, machine, mint_token, write_section  # noqa: E402
 from bench.server import api_call as _call  # noqa: E402
+from bench.server_load import closed_loop  # noqa: E402
 
 START, END = "<!-- ml-bench:start -->", "<!-- ml-bench:end -->"
 ADMIN = "admin@example.com"
@@ -64,41 +63,13 @@ def setup(port: int, token: str, org: str) -> None:
         raise RuntimeError(f"deploy failed: {op['error']}")
 
 
-async def _conn(port: int, token: str, n: int, lat: list[float], errors: list[str]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+def load(port: int, token: str, total: int, connections: int) -> dict[str, Any]:
     body = json.dumps({"instances": [[0.5, -0.2, 0.1, 1.0]]}).encode()
     req = (f"POST /v1/projects/{PROJECT}/models/{MODEL}:predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-    try:
-        for _ in range(n):
-            t0 = time.perf_counter()
-            writer.write(req)
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value.strip())
-            payload = await asyncio.wait_for(reader.readexactly(length), 10)
-            lat.append(time.perf_counter() - t0)
-            if head[9:12] != b"200" or b"predictions" not in payload:
-                errors.append(head[9:12].decode() + " " + payload[:200].decode(errors="replace"))
-    finally:
-        writer.close()
-
-
-def load(port: int, token: str, total: int, connections: int) -> dict[str, Any]:
-    lat: list[float] = []
-    errors: list[str] = []
-
-    async def run() -> None:
-        await asyncio.gather(*(_conn(port, token, total // connections, lat, errors) for _ in range(connections)))
-
-    t0 = time.perf_counter()
-    asyncio.run(run())
-    wall = time.perf_counter() - t0
-    lat.sort()
+    lat, errors, wall = closed_loop(port, [[req] * (total // connections) for _ in range(connections)],
+                                    b"predictions")
     return {"requests": len(lat), "connections": connections, "rate": len(lat) / wall,
             "p50_us": 1e6 * lat[len(lat) // 2], "p99_us": 1e6 * lat[int(len(lat) * 0.99)], "errors": len(errors),
             "first_error": errors[0] if errors else ""}
@@ -194,12 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     total = 1600 if args.quick else 8000
     work = Path(tempfile.mkdtemp(prefix="keycard-ml-bench-"))
     database = f"sqlite:///{work / 'keycard.db'}"
-    init = subprocess.run([*KEYCARD, "init", "--organization-domain", "example.com", "--admin", f"user:{ADMIN}",
-                           "--database", database, "--format", "json"], capture_output=True, text=True, cwd=REPO,
-                          check=True)
-    org = json.loads(init.stdout)["organization"]
-    token = subprocess.run([*KEYCARD, "auth", "print-access-token", "--user", ADMIN, "--database", database],
-                           capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()
+    org = keycard_init(database)["organization"]
+    token = mint_token(database, ADMIN)
     server = Server(database, work / "server.log")
     try:
         setup(server.port, token, org)

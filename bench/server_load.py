@@ -10,6 +10,9 @@ Modes:
   members, ``setIamPolicy`` with the etag read; the figures are the setIamPolicy calls'.
 
 Only 127.0.0.1. Every loop ends at the spec's deadline; every read has a timeout.
+
+:func:`closed_loop` is the in-process variant for a fixed number of prepared requests (bench/identity.py,
+bench/ml.py).
 """
 
 from __future__ import annotations
@@ -48,18 +51,53 @@ class Conn:
         assert self.reader is not None and self.writer is not None
         self.writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\n" + self.head
                           + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-        status = int(head[9:12])
-        length = -1
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value.strip())
-                break
-        if length < 0:
-            raise RuntimeError("response without Content-Length")
-        data = await asyncio.wait_for(self.reader.readexactly(length), READ_TIMEOUT) if length else b""
-        return status, data
+        return await read_response(self.reader)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next HTTP/1.1 response on a keep-alive connection → (status, body); it must give its Content-Length."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+    status = int(head[9:12])
+    length = -1
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+            break
+    if length < 0:
+        raise RuntimeError("response without Content-Length")
+    data = await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT) if length else b""
+    return status, data
+
+
+def closed_loop(port: int, requests: list[list[bytes]], ok: bytes) -> tuple[list[float], list[str], float]:
+    """A fixed amount of load in this process: each list of raw HTTP/1.1 ``requests`` is sent on a keep-alive
+    connection of its own, one request when the previous answer is read, all connections at once. An answer
+    that is not 200 with ``ok`` in its body is an error. → (latencies in seconds, sorted; errors; wall seconds)."""
+    lat: list[float] = []
+    errors: list[str] = []
+
+    async def connection(chunk: list[bytes]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for request in chunk:
+                t0 = time.perf_counter()
+                writer.write(request)
+                status, payload = await read_response(reader)
+                lat.append(time.perf_counter() - t0)
+                if status != 200 or ok not in payload:
+                    errors.append(f"{status} {payload[:200].decode(errors='replace')}")
+        finally:
+            writer.close()
+
+    async def run() -> None:
+        await asyncio.gather(*(connection(chunk) for chunk in requests))
+
+    t0 = time.perf_counter()
+    asyncio.run(run())
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return lat, errors, wall
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

@@ -291,7 +291,8 @@ def test_a_dead_worker_takes_the_server_down(tmp_path: Path, monkeypatch: pytest
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="workers follow a killed parent on Linux (PR_SET_PDEATHSIG)")
-def test_a_killed_parent_takes_its_workers(tmp_path: Path) -> None:
+def test_a_killed_parent_takes_its_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))     # the metrics directory a killed server leaves behind
     srv, kids = _own_server(tmp_path)
     try:
         srv.process.kill()

@@ -24,7 +24,6 @@ import http.client
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,11 @@ sys.path.insert(0, str(REPO))
 
 import jwt  # noqa: E402
 
-from bench.server import Server, keycard_init, machine, mint_token, write_section  # noqa: E402
+from bench.server import Server, fresh_installation, machine, write_section  # noqa: E402
 from bench.server import api_call as _call  # noqa: E402
 from bench.server_load import closed_loop  # noqa: E402
 
 START, END = "<!-- identity-bench:start -->", "<!-- identity-bench:end -->"
-ADMIN = "admin@example.com"
 PROJECT = "bench-identity"
 ISSUE_TARGET, VERIFY_TARGET_US = 500.0, 50.0
 
@@ -175,10 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     n_issue = 600 if args.quick else 4000
     n_verify = 5000 if args.quick else 50000
     n_tip = 500 if args.quick else 3000
-    work = Path(tempfile.mkdtemp(prefix="keycard-identity-bench-"))
-    database = f"sqlite:///{work / 'keycard.db'}"
-    org = keycard_init(database)["organization"]
-    admin = mint_token(database, ADMIN)
+    work, database, org, admin = fresh_installation("keycard-identity-bench-")
     server = Server(database, work / "server.log")
     try:
         key_file = setup(server.port, admin, org)

@@ -24,7 +24,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 
-from bench.server import Server, keycard_init, machine, mint_token, write_section  # noqa: E402
+from bench.server import ADMIN, Server, fresh_installation, machine, write_section  # noqa: E402
 from bench.server import api_call as _call  # noqa: E402
 from bench.server_load import closed_loop  # noqa: E402
 
 START, END = "<!-- ml-bench:start -->", "<!-- ml-bench:end -->"
-ADMIN = "admin@example.com"
 PROJECT, BUCKET, MODEL = "bench-ml", "bench-ml-models", "clf"
 RATE_TARGET, SHARE_TARGET = 500.0, 5.0
 
@@ -163,10 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=8)
     args = ap.parse_args(argv)
     total = 1600 if args.quick else 8000
-    work = Path(tempfile.mkdtemp(prefix="keycard-ml-bench-"))
-    database = f"sqlite:///{work / 'keycard.db'}"
-    org = keycard_init(database)["organization"]
-    token = mint_token(database, ADMIN)
+    work, database, org, token = fresh_installation("keycard-ml-bench-")
     server = Server(database, work / "server.log")
     try:
         setup(server.port, token, org)

@@ -247,6 +247,14 @@ def mint_token(url: str, user: str) -> str:
     return done.stdout.strip()
 
 
+def fresh_installation(prefix: str) -> tuple[Path, str, str, str]:
+    """A new SQLite installation in a new temporary folder (named ``prefix…``), administered by ADMIN:
+    (the folder, the database URL, the organization, an access token of ADMIN)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    database = f"sqlite:///{work / 'keycard.db'}"
+    return work, database, str(keycard_init(database)["organization"]), mint_token(database, ADMIN)
+
+
 def commit_floor(url: str, resource: str, org_short: str, n: int = 40, budget: float = 15.0) -> dict[str, Any]:
     """The store alone: sequential read + etag-checked commit of one project policy with its audit entry."""
     store = open_store(url)

@@ -291,3 +291,39 @@ def test_large_prediction_runs_off_the_event_loop(server: Server, world: dict[st
     out = ml(server).projects().predict(name=f"projects/{PROJECT}/models/iris",
                                         body={"instances": rows.tolist()}).execute()
     assert out["predictions"] == sk_model.predict(rows).tolist()
+
+
+def test_lists_page_and_a_missing_item_is_404(server: Server, world: dict[str, Any]) -> None:
+    api = ml(server).projects()
+    for name in ("paged_a", "paged_b"):
+        api.models().create(parent=f"projects/{PROJECT}", body={"name": name}).execute()
+    for version in ("v1", "v2"):
+        _version(server, "paged_a", version, f"gs://{BUCKET}/sk/")
+    assert api.models().versions().list(parent=f"projects/{PROJECT}/models/paged_b").execute() == {}
+    for list_, kw, key in ((api.models().list, {"parent": f"projects/{PROJECT}"}, "models"),
+                           (api.operations().list, {"name": f"projects/{PROJECT}"}, "operations"),
+                           (api.models().versions().list, {"parent": f"projects/{PROJECT}/models/paged_a"},
+                            "versions")):
+        whole = [x["name"] for x in list_(**kw).execute()[key]]
+        paged: list[str] = []
+        token, pages = None, 0
+        while True:
+            page = list_(pageSize=1, pageToken=token, **kw).execute()
+            paged += [x["name"] for x in page.get(key, [])]
+            pages += 1
+            token = page.get("nextPageToken")
+            if not token:
+                break
+        assert paged == whole and pages >= len(whole) >= 2, (key, paged, whole)
+    for call, message in (
+            (api.models().get(name=f"projects/{PROJECT}/models/nope"), f"Model projects/{PROJECT}/models/nope"),
+            (api.models().getIamPolicy(resource=f"projects/{PROJECT}/models/nope"),
+             f"Model projects/{PROJECT}/models/nope"),
+            (api.operations().get(name=f"projects/{PROJECT}/operations/nope"),
+             f"Operation projects/{PROJECT}/operations/nope")):
+        with pytest.raises(HttpError) as e:
+            call.execute()
+        assert status(e) == 404 and f"{message} not found." in e.value.content.decode()
+    with pytest.raises(HttpError) as e:
+        ml(server, "mallory@example.com").projects().models().get(name=f"projects/{PROJECT}/models/nope").execute()
+    assert status(e) == 403 and "ml.models.get" in e.value.content.decode()

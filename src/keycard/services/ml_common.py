@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from keycard.errors import InvalidArgument, NotFound
 from keycard.runtime import etag_for
-from keycard.services.common import Caller, Services, rfc3339
+from keycard.services.common import Caller, Services, parse_page_size, rfc3339
 from keycard.store.base import Put, Record
 
-__all__ = ["SERVICE", "Project", "ml_id", "new_operation", "operation_json", "project"]
+__all__ = ["SERVICE", "Project", "authorized", "list_page", "ml_id", "new_operation", "operation_json", "project"]
 
 SERVICE = "ml.googleapis.com"
 _ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
@@ -72,6 +72,30 @@ def stored(svc: Services, full: str, what: str, shown: str) -> Record:
     if rec is None or rec.deleted:
         raise NotFound(f"{what} {shown} not found.", field="name", reason=f"{what.upper()}_NOT_FOUND")
     return rec
+
+
+def authorized(svc: Services, caller: Caller, ident: str, tail: str, permission: str, what: str
+               ) -> tuple[Project, str, Record]:
+    """``projects/IDENT/TAIL`` (e.g. ``models/m1``): its project, ``permission`` checked on it, then its record
+    (the project, its full name, the record); 404 ``{what} projects/P/TAIL not found.`` when it is not there."""
+    proj = project(svc, caller, ident)
+    full = proj.full(tail)
+    svc.authorize(caller, permission, full, service=SERVICE)
+    return proj, full, stored(svc, full, what, proj.relative(tail))
+
+
+def list_page(svc: Services, query: Mapping[str, str], key: str, parent: str, show: Callable[[Record], Any], *,
+              prefix: str | None = None, keep: Callable[[Record], bool] = lambda r: True) -> dict[str, Any]:
+    """One page (``pageSize``, ``pageToken``) of the ``resource`` records under ``parent`` named ``prefix…``:
+    ``{key: [show(record) …]}`` (absent when none is kept; deleted ones never are) and ``nextPageToken``."""
+    page = svc.runtime.store.list("resource", parent=parent, prefix=prefix,
+                                  page_size=parse_page_size(query.get("pageSize"), 100),
+                                  page_token=query.get("pageToken", ""))
+    items = [show(r) for r in page.records if not r.deleted and keep(r)]
+    out: dict[str, Any] = {key: items} if items else {}
+    if page.next_token:
+        out["nextPageToken"] = page.next_token
+    return out
 
 
 def present(rec: Record) -> dict[str, Any]:

@@ -32,11 +32,20 @@ from keycard.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidAr
 from keycard.ml.jobs import LEASE, TERMINAL, parse_gs, runner, start_job_runner
 from keycard.ml.serving import FRAMEWORKS
 from keycard.runtime import etag_for
-from keycard.services.common import Caller, Services, parse_page_size, rfc3339
-from keycard.services.ml_common import SERVICE, Project, ml_id, owner_policy, present, project, stored
+from keycard.services.common import Caller, Services, rfc3339
+from keycard.services.ml_common import (
+    SERVICE,
+    Project,
+    list_page,
+    ml_id,
+    owner_policy,
+    present,
+    project,
+    stored,
+)
 from keycard.services.ml_models import _labels
 from keycard.services.service_accounts import ml_service_agent_email, require_act_as
-from keycard.store.base import Delete, Expect, Put
+from keycard.store.base import Delete, Expect, Put, Record
 
 __all__ = ["cancel_job", "create_job", "get_job", "job_logs", "list_jobs", "patch_job"]
 
@@ -245,18 +254,12 @@ def list_jobs(svc: Services, caller: Caller, ident: str, query: Mapping[str, str
             raise InvalidArgument(f"Invalid filter {term.strip()[:100]!r}: keycard filters jobs by state=STATE and "
                                   "labels.KEY=VALUE, joined by AND.", field="filter")
         want.append((m.group(1), m.group(2)))
-    size = parse_page_size(query.get("pageSize"), 100)
-    page = svc.runtime.store.list("resource", parent=proj.crm, prefix=proj.full("jobs/"), page_size=size,
-                                  page_token=query.get("pageToken", ""))
 
-    def keep(d: Mapping[str, Any]) -> bool:
-        return all((d.get("state") if k == "state" else (d.get("labels") or {}).get(k[7:])) == v for k, v in want)
+    def keep(r: Record) -> bool:
+        return all((r.data.get("state") if k == "state" else (r.data.get("labels") or {}).get(k[7:])) == v
+                   for k, v in want)
 
-    jobs = [present(r) for r in page.records if not r.deleted and keep(r.data)]
-    out: dict[str, Any] = {"jobs": jobs} if jobs else {}
-    if page.next_token:
-        out["nextPageToken"] = page.next_token
-    return out
+    return list_page(svc, query, "jobs", proj.crm, present, prefix=proj.full("jobs/"), keep=keep)
 
 
 def patch_job(svc: Services, caller: Caller, ident: str, job_id: str, body: object, mask: str | None

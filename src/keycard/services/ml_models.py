@@ -7,10 +7,12 @@ from typing import Any
 
 from keycard.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from keycard.services import iam_policy
-from keycard.services.common import Caller, Services, parse_page_size, rfc3339
+from keycard.services.common import Caller, Services, rfc3339
 from keycard.services.ml_common import (
     SERVICE,
+    authorized,
     finished,
+    list_page,
     ml_id,
     new_operation,
     operation_json,
@@ -85,30 +87,18 @@ def create_model(svc: Services, caller: Caller, ident: str, body: object) -> dic
 
 
 def get_model(svc: Services, caller: Caller, ident: str, model: str) -> dict[str, Any]:
-    proj = project(svc, caller, ident)
-    full = proj.full(f"models/{model}")
-    svc.authorize(caller, "ml.models.get", full, service=SERVICE)
-    return present(stored(svc, full, "Model", proj.relative(f"models/{model}")))
+    return present(authorized(svc, caller, ident, f"models/{model}", "ml.models.get", "Model")[2])
 
 
 def list_models(svc: Services, caller: Caller, ident: str, query: Mapping[str, str]) -> dict[str, Any]:
     proj = project(svc, caller, ident, "ml.models.list")
-    size = parse_page_size(query.get("pageSize"), 100)
-    page = svc.runtime.store.list("resource", parent=proj.crm, prefix=proj.full("models/"), page_size=size,
-                                  page_token=query.get("pageToken", ""))
-    models = [present(r) for r in page.records if not r.deleted and "/versions/" not in r.name]
-    out: dict[str, Any] = {"models": models} if models else {}
-    if page.next_token:
-        out["nextPageToken"] = page.next_token
-    return out
+    return list_page(svc, query, "models", proj.crm, present, prefix=proj.full("models/"),
+                     keep=lambda r: "/versions/" not in r.name)
 
 
 def patch_model(svc: Services, caller: Caller, ident: str, model: str, body: object, mask: str | None
                 ) -> dict[str, Any]:
-    proj = project(svc, caller, ident)
-    full = proj.full(f"models/{model}")
-    svc.authorize(caller, "ml.models.update", full, service=SERVICE)
-    rec = stored(svc, full, "Model", proj.relative(f"models/{model}"))
+    proj, full, rec = authorized(svc, caller, ident, f"models/{model}", "ml.models.update", "Model")
     if not isinstance(body, Mapping):
         raise InvalidArgument("Invalid request body: expected a Model.", field="model")
     paths = {p.strip() for p in (mask or "").split(",") if p.strip()}
@@ -143,10 +133,7 @@ def patch_model(svc: Services, caller: Caller, ident: str, model: str, body: obj
 
 
 def delete_model(svc: Services, caller: Caller, ident: str, model: str) -> dict[str, Any]:
-    proj = project(svc, caller, ident)
-    full = proj.full(f"models/{model}")
-    svc.authorize(caller, "ml.models.delete", full, service=SERVICE)
-    rec = stored(svc, full, "Model", proj.relative(f"models/{model}"))
+    proj, full, rec = authorized(svc, caller, ident, f"models/{model}", "ml.models.delete", "Model")
     store = svc.runtime.store
     if store.list("resource", parent=full, page_size=1).records:
         raise FailedPrecondition("A model with versions cannot be deleted; delete its versions first.",
@@ -168,21 +155,14 @@ def delete_model(svc: Services, caller: Caller, ident: str, model: str) -> dict[
 # ------------------------------------------------------------------------------ model and job IAM
 
 def get_policy(svc: Services, caller: Caller, ident: str, kind: str, rid: str, version: int) -> dict[str, Any]:
-    proj = project(svc, caller, ident)
-    full = proj.full(f"{kind}/{rid}")
-    singular = kind[:-1]
-    svc.authorize(caller, f"ml.{kind}.getIamPolicy", full, service=SERVICE)
-    stored(svc, full, singular.capitalize(), proj.relative(f"{kind}/{rid}"))
+    _, full, _ = authorized(svc, caller, ident, f"{kind}/{rid}", f"ml.{kind}.getIamPolicy", kind[:-1].capitalize())
     return iam_policy.get_iam_policy(svc, caller, full, permission=f"ml.{kind}.getIamPolicy", service=SERVICE,
                                      version=version)
 
 
 def set_policy(svc: Services, caller: Caller, ident: str, kind: str, rid: str, body: object,
                allow_lockout: bool) -> dict[str, Any]:
-    proj = project(svc, caller, ident)
-    full = proj.full(f"{kind}/{rid}")
-    svc.authorize(caller, f"ml.{kind}.setIamPolicy", full, service=SERVICE)
-    stored(svc, full, kind[:-1].capitalize(), proj.relative(f"{kind}/{rid}"))
+    _, full, _ = authorized(svc, caller, ident, f"{kind}/{rid}", f"ml.{kind}.setIamPolicy", kind[:-1].capitalize())
     return iam_policy.set_iam_policy(svc, caller, full, body if isinstance(body, Mapping) else {},
                                      permission=f"ml.{kind}.setIamPolicy", service=SERVICE,
                                      method="google.iam.v1.IAMPolicy.SetIamPolicy", allow_lockout=allow_lockout)
@@ -198,30 +178,17 @@ def test_permissions(svc: Services, caller: Caller, ident: str, kind: str, rid: 
 # ------------------------------------------------------------------------------------ operations
 
 def get_operation(svc: Services, caller: Caller, ident: str, op_id: str) -> dict[str, Any]:
-    proj = project(svc, caller, ident)
-    full = proj.full(f"operations/{op_id}")
-    svc.authorize(caller, "ml.operations.get", full, service=SERVICE)
-    return operation_json(stored(svc, full, "Operation", proj.relative(f"operations/{op_id}")))
+    return operation_json(authorized(svc, caller, ident, f"operations/{op_id}", "ml.operations.get", "Operation")[2])
 
 
 def list_operations(svc: Services, caller: Caller, ident: str, query: Mapping[str, str]) -> dict[str, Any]:
     proj = project(svc, caller, ident, "ml.operations.list")
-    size = parse_page_size(query.get("pageSize"), 100)
-    page = svc.runtime.store.list("resource", parent=proj.crm, prefix=proj.full("operations/"), page_size=size,
-                                  page_token=query.get("pageToken", ""))
-    ops = [operation_json(r) for r in page.records if not r.deleted]
-    out: dict[str, Any] = {"operations": ops} if ops else {}
-    if page.next_token:
-        out["nextPageToken"] = page.next_token
-    return out
+    return list_page(svc, query, "operations", proj.crm, operation_json, prefix=proj.full("operations/"))
 
 
 def cancel_operation(svc: Services, caller: Caller, ident: str, op_id: str) -> dict[str, Any]:
     """Request cancellation; a version deployment still running stops and fails as CANCELLED."""
-    proj = project(svc, caller, ident)
-    full = proj.full(f"operations/{op_id}")
-    svc.authorize(caller, "ml.operations.cancel", full, service=SERVICE)
-    rec = stored(svc, full, "Operation", proj.relative(f"operations/{op_id}"))
+    _, full, rec = authorized(svc, caller, ident, f"operations/{op_id}", "ml.operations.cancel", "Operation")
     if rec.data.get("done"):
         return {}
     data = dict(rec.data)

@@ -16,10 +16,11 @@ from typing import Any
 
 from keycard.errors import AlreadyExists, FailedPrecondition, InvalidArgument, KeycardError
 from keycard.ml.serving import FILES, FRAMEWORKS, LoadedModel, ModelCache, PredictionError, load_model
-from keycard.services.common import Caller, Services, parse_page_size, rfc3339
+from keycard.services.common import Caller, Services, rfc3339
 from keycard.services.ml_common import (
     SERVICE,
     Project,
+    list_page,
     ml_id,
     new_operation,
     operation_json,
@@ -201,13 +202,7 @@ def list_versions(svc: Services, caller: Caller, ident: str, model: str, query: 
     mfull = proj.full(f"models/{model}")
     svc.authorize(caller, "ml.versions.list", mfull, service=SERVICE)
     mrec = stored(svc, mfull, "Model", proj.relative(f"models/{model}"))
-    size = parse_page_size(query.get("pageSize"), 100)
-    page = svc.runtime.store.list("resource", parent=mfull, page_size=size, page_token=query.get("pageToken", ""))
-    versions = [_version_json(r, mrec) for r in page.records if not r.deleted]
-    out: dict[str, Any] = {"versions": versions} if versions else {}
-    if page.next_token:
-        out["nextPageToken"] = page.next_token
-    return out
+    return list_page(svc, query, "versions", mfull, lambda r: _version_json(r, mrec))
 
 
 def patch_version(svc: Services, caller: Caller, ident: str, model: str, version: str, body: object,

@@ -69,7 +69,7 @@ def serve(database: str, log: Path, organization: str, *, enforcement: str = "en
                              "--enforcement", enforcement, *extra_args], stdout=fh, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"keycard serve exited: {log.read_text()[-2000:]}")

@@ -162,8 +162,13 @@ def create_app(services: Services, keys: Callable[[], KeySet], *, base_url: str 
         response.headers["X-Keycard-Revision"] = str(revision)
         if caller.would_deny:
             response.headers["X-Keycard-Would-Deny"] = "; ".join(caller.would_deny)[:2000]
-        for a in caller.authorizations:
-            (granted if a["granted"] else denied).inc()
+        if caller.authorizations:       # one update per outcome (each costs ~1-2 µs, file-backed with --workers)
+            n = len(caller.authorizations)
+            yes = sum(1 for a in caller.authorizations if a["granted"])
+            if yes:
+                granted.inc(yes)
+            if yes < n:
+                denied.inc(n - yes)
         key = (request.method, label, code)
         meters = meters_of.get(key)
         if meters is None:      # labels() costs a few µs a call: each label set's children are looked up once

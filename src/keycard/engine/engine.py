@@ -95,6 +95,9 @@ class Engine:
         self._deny: dict[str, dict[str, DenyPolicy]] = {}     # attachment node name → policy name → policy
         self._clock = clock or _system_clock
         self._virtual: dict[str, tuple[int, Node | None, tuple[Node, ...]]] = {}
+        # the role sets memoized on identities (check), one object per distinct set: most callers hold the
+        # same few at the top (through allAuthenticatedUsers and their domain)
+        self._held: dict[frozenset[object], frozenset[object]] = {}
         self.revision = 0
         if builtin_roles:
             from keycard.catalog import builtin_roles as _builtin
@@ -340,7 +343,7 @@ class Engine:
                 # set-to-set test on stored hashes) the index is not read at all.
                 held = ident.top
                 if held is None or held[0] is not idx:
-                    held = ident.top = (idx, _held_roles(idx, keys))
+                    held = ident.top = (idx, self._shared_held(_held_roles(idx, keys)))
                 if holders.isdisjoint(held[1]):
                     continue
             elif idx.keys().isdisjoint(keys):
@@ -411,6 +414,12 @@ class Engine:
                                     self, time)
                 conds += dconds
         return Decision(True, ident.principal, permission, resource, found, None, conds, self, time)
+
+    def _shared_held(self, roles: frozenset[object]) -> frozenset[object]:
+        shared = self._held
+        if len(shared) > 100_000:
+            shared.clear()
+        return shared.setdefault(roles, roles)
 
     def _not_granted(self, ident: Identity, permission: str, resource: str, conds: tuple[ConditionResult, ...],
                      time: dt.datetime | None, extra_members: frozenset[str]) -> Decision:

@@ -343,7 +343,7 @@ class Engine:
                 # set-to-set test on stored hashes) the index is not read at all.
                 held = ident.top
                 if held is None or held[0] is not idx:
-                    held = ident.top = (idx, self._shared_held(_held_roles(idx, keys)))
+                    held = ident.top = (idx, self._top_roles(idx, keys))
                 if holders.isdisjoint(held[1]):
                     continue
             elif idx.keys().isdisjoint(keys):
@@ -415,7 +415,10 @@ class Engine:
                 conds += dconds
         return Decision(True, ident.principal, permission, resource, found, None, conds, self, time)
 
-    def _shared_held(self, roles: frozenset[object]) -> frozenset[object]:
+    def _top_roles(self, idx: Mapping[str, Sequence[Grant]], keys: tuple[str, ...]) -> frozenset[object]:
+        """The roles bound in ``idx`` to any of ``keys`` (conditional and custom ones too), as the one shared
+        object for that set."""
+        roles = frozenset(g.role for k in keys for g in idx.get(k, ()))
         shared = self._held
         if len(shared) > 100_000:
             shared.clear()
@@ -900,11 +903,6 @@ class Engine:
 
     def resources(self) -> Iterator[str]:
         return iter(list(self._h.nodes))
-
-
-def _held_roles(idx: Mapping[str, Sequence[Grant]], keys: tuple[str, ...]) -> frozenset[object]:
-    """The roles bound in ``idx`` to any of ``keys`` (conditional and custom ones too)."""
-    return frozenset(g.role for k in keys for g in idx.get(k, ()))
 
 
 def _denied_principal(rule: DenyRule, ident: Identity, *, ignore_exceptions: bool = False) -> str | None:

@@ -30,8 +30,9 @@ if __package__ in (None, ""):
 from bench.workload import SCALES, Workload, generate
 
 REPO = Path(__file__).resolve().parent.parent
-ENGINES = ("keycard", "naive", "cedar", "rego", "casbin")
-MODULES = {"keycard": "bench.peers.keycard_engine", "naive": "bench.peers.naive", "cedar": "bench.peers.cedar",
+ENGINES = ("keycard", "precomputed", "naive", "cedar", "rego", "casbin")
+MODULES = {"keycard": "bench.peers.keycard_engine", "precomputed": "bench.peers.precomputed",
+           "naive": "bench.peers.naive", "cedar": "bench.peers.cedar",
            "rego": "bench.peers.rego", "casbin": "bench.peers.casbin"}
 PEERS = ("cedar", "rego", "casbin")          # what a user would pick instead (the 10× target)
 

@@ -48,10 +48,12 @@ browser:
 test: lint typecheck browser
 	$(VENV)/bin/pytest -n 3 --dist loadfile
 
-# The engine against Cedar, Rego (regorus), Casbin and a naive evaluator; then the server over HTTP.
-# Both write docs/benchmarks.md (the server section between its markers). ~45 minutes on 2 cores.
+# The engine against Cedar, Rego (regorus), Casbin, a precomputed index and a naive evaluator; its work per
+# check counted under valgrind; then the server over HTTP and the rest. Each writes its part of
+# docs/benchmarks.md (the scripts after run.py between their markers). ~60 minutes on 2 cores.
 bench: install
 	$(VENV)/bin/python bench/run.py --scales small,medium,large --out docs/benchmarks.md
+	$(VENV)/bin/python bench/cachesim.py --scales small,medium,large --out docs/benchmarks.md
 	$(VENV)/bin/python bench/server.py --backends sqlite,postgresql --workers 2 --out docs/benchmarks.md
 	$(VENV)/bin/python bench/identity.py --out docs/benchmarks.md
 	$(VENV)/bin/python bench/ml.py --out docs/benchmarks.md

@@ -17,6 +17,7 @@ import gc
 import importlib
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     md = render(results, cmd.strip())
     out = REPO / args.out if not os.path.isabs(args.out) else Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(md + _server_section(out))
+    out.write_text(md + _kept_sections(out))
     raw = Path(args.workdir) / "results.json"
     slim = {k: v for k, v in results.items() if k != "scales"}
     slim["scales"] = {s: {**{k: v for k, v in d.items() if k not in ("queries", "meta")},
@@ -277,15 +278,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 
-def _server_section(out: Path) -> str:
-    """Keep the server benchmark's section (bench/server.py writes it between its markers)."""
+def _kept_sections(out: Path) -> str:
+    """The sections the other bench scripts write between their markers (``<!-- NAME:start -->`` …
+    ``<!-- NAME:end -->``), kept in their order: this script rewrites only the engine's part."""
     if not out.exists():
         return ""
+    kept = re.findall(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", out.read_text(), flags=re.S)
     text = out.read_text()
-    start, end = "<!-- server-bench:start -->", "<!-- server-bench:end -->"
-    if start not in text or end not in text:
-        return ""
-    return "\n" + text[text.index(start): text.index(end) + len(end)] + "\n"
+    parts = []
+    for name in kept:
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        parts.append(text[text.index(start): text.index(end) + len(end)])
+    return "".join("\n" + p + "\n" for p in parts)
 
 
 if __name__ == "__main__":

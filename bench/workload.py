@@ -230,7 +230,8 @@ class Workload:
         except (OSError, ValueError):
             return False
         return (head.get("generator") == GENERATOR_VERSION and head.get("scale") == scale
-                and head.get("seed") == seed and len(head.get("queries", ())) == n_queries
+                and head.get("seed") == seed
+                and (head.get("stats") or {}).get("requested_queries", len(head.get("queries", ()))) == n_queries
                 and (directory / "assets.ndjson").exists())
 
 
@@ -972,5 +973,6 @@ def generate(scale: str, seed: int = 7, n_queries: int = 4000) -> Workload:
         "conditional_bindings": sum(1 for pol in g.policies.values() for b in pol.values() if "condition" in b),
         "predefined_roles": len(g.role_perms), "queries": len(wl.queries),
         "allowed_queries": sum(1 for m in wl.meta if m["expected"]), "class_shortfall": shortfall,
+        "requested_queries": n_queries,      # a scale may make fewer distinct queries: what the cache is keyed on
     }
     return wl

@@ -283,13 +283,8 @@ def _kept_sections(out: Path) -> str:
     ``<!-- NAME:end -->``), kept in their order: this script rewrites only the engine's part."""
     if not out.exists():
         return ""
-    kept = re.findall(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", out.read_text(), flags=re.S)
-    text = out.read_text()
-    parts = []
-    for name in kept:
-        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-        parts.append(text[text.index(start): text.index(end) + len(end)])
-    return "".join("\n" + p + "\n" for p in parts)
+    found = re.finditer(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", out.read_text(), flags=re.S)
+    return "".join("\n" + m.group(0) + "\n" for m in found)
 
 
 if __name__ == "__main__":

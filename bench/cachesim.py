@@ -32,12 +32,13 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.run import MODULES
 from bench.server import write_section
 from bench.workload import SCALES, Workload, generate
 
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- cachesim-bench:start -->", "<!-- cachesim-bench:end -->"
-ENGINES = {"keycard": "bench.peers.keycard_engine", "precomputed": "bench.peers.precomputed"}
+ENGINES = ("keycard", "precomputed")
 EVENTS = ("Ir", "DLmr", "DLmw")
 
 
@@ -47,7 +48,7 @@ def child(engine: str, workdir: Path, checks: int, flag: Path) -> None:
     import gc
     import importlib
 
-    mod = importlib.import_module(ENGINES[engine])
+    mod = importlib.import_module(MODULES[engine])
     wl = Workload.load(workdir)
     eng = mod.build(wl)
     queries = [q[:3] for q in wl.queries]
